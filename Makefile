@@ -1,0 +1,54 @@
+# fastgrad's commands. Everything runs in a local virtual environment (.venv), created
+# and filled on first use, with fastgrad installed into it as a package (not run from
+# the source tree).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+BUILD_DEPS := "Cython>=3.0" "setuptools>=64" "wheel>=0.40"
+SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxd) setup.py pyproject.toml
+
+.PHONY: build install test test-compiled test-reference test-debug annotate bench bench-pytest clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# installs fastgrad (compiled engine) with its test and benchmark dependencies
+$(VENV)/.installed: $(PY) $(SOURCES)
+	$(PIP) install $(BUILD_DEPS)
+	$(PIP) install --no-build-isolation --force-reinstall --no-deps .
+	$(PIP) install --no-build-isolation ".[test,bench]"
+	touch $@
+
+install: $(VENV)/.installed
+
+# in-place build, for working on the extension
+build: $(PY)
+	$(PIP) install $(BUILD_DEPS)
+	$(PY) setup.py build_ext --inplace
+
+test: install
+	$(PY) -m pytest tests
+	FASTGRAD_PUREPYTHON=1 $(PY) -m pytest tests
+
+# the suite against a build with bounds checks and debug symbols, in its own venv
+test-debug:
+	$(MAKE) VENV=.venv-debug FASTGRAD_CYTHON_DEBUG=1 install
+	.venv-debug/bin/python -m pytest tests -x -q
+
+annotate: $(PY)
+	$(PIP) install $(BUILD_DEPS)
+	$(VENV)/bin/cython -3 -a src/fastgrad/_core.pyx -o build/_core.c
+	@echo "open build/_core.html"
+
+# the benchmark suite: one table of medians and ratios, JSON and a chart in bench-results/
+bench: install
+	$(PY) benchmarks/run.py --out bench-results
+
+# the same workloads through pytest-benchmark
+bench-pytest: install
+	$(PY) -m pytest benchmarks -p no:randomly --benchmark-columns=median,iqr,rounds
+
+clean:
+	rm -rf build dist *.egg-info src/*.egg-info src/fastgrad/*.so src/fastgrad/_core.c .venv .venv-debug bench-results

@@ -1,0 +1,258 @@
+"""`make bench`: every workload on every engine in one run; one table of medians and ratios.
+
+Writes <out>/results.json and <out>/ratios.png and prints the table (Markdown, so that
+it can be pasted into the README). Progress goes to stderr. Timing thresholds are never
+asserted here: this reports, it does not judge.
+"""
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.setrecursionlimit(10_000)       # a notebook's usual raise; micrograd still fails deep graphs
+
+import workloads as W  # noqa: E402
+
+ENGINE_ORDER = ["float", "fastgrad", "reference", "micrograd", "torch"]
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def close(a, b, rel=1e-9):
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
+
+
+def measure(workload, engine, rounds):
+    """Median seconds of `rounds` timed runs, each on fresh untimed setup; the last
+    round's result for the correctness check."""
+    times = []
+    state = None
+    for _ in range(rounds):
+        state = None
+        gc.collect()
+        state = workload.setup(engine)
+        t0 = time.perf_counter()
+        workload.run(state)
+        times.append(time.perf_counter() - t0)
+    return times, workload.result(state)
+
+
+def run_workload(workload, available, only):
+    results = {}
+    reference_result = None
+    # the reference runs first: every other engine's answer is checked against it
+    order = sorted(workload.engines, key=lambda e: (e != "reference", ENGINE_ORDER.index(e)))
+    for name in order:
+        if only and name not in only:
+            continue
+        if name != "float" and name not in available:
+            continue
+        engine = "float" if name == "float" else available[name]
+        if name == "torch" and workload.name not in ("ops", "backward", "mlp-step"):
+            continue
+        rounds = workload.rounds.get(name, 3)
+        log(f"  {workload.name:<11} {name:<10} {rounds} rounds ...")
+        entry = {"rounds": rounds}
+        try:
+            times, result = measure(workload, engine, rounds)
+        except RecursionError:
+            entry["error"] = "RecursionError"
+            log("    RecursionError (as expected of micrograd on deep graphs)")
+            results[name] = entry
+            gc.collect()
+            continue
+        med = statistics.median(times) / workload.per * workload.scale
+        entry.update(median=med, times=times, unit=workload.unit)
+        if name == "reference":
+            reference_result = result
+        if reference_result is not None:
+            entry["matched"] = len(result) == len(reference_result) and all(
+                close(a, b) for a, b in zip(result, reference_result))
+        log(f"    median {med:,.2f} {workload.unit}"
+            + ("" if entry.get("matched", True) else "   ** RESULT DIFFERS FROM THE REFERENCE **"))
+        results[name] = entry
+        state = None
+        gc.collect()
+    return results
+
+
+MEMORY_SCRIPT = r"""
+import gc, sys
+def rss():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096
+engine = sys.argv[1]
+if engine == 'fastgrad':
+    from fastgrad._core import Value
+elif engine == 'reference':
+    from fastgrad.reference import Value
+else:
+    from micrograd.engine import Value
+x = Value(1.0)
+warm = [x * 1.0 for _ in range(1000)]      # let allocators set up their first arenas
+del warm
+gc.collect()
+before = rss()
+y = x
+for _ in range(250_000):                   # four nodes a step: two constants, '*', '+'
+    y = y * 1.0001 + 0.5
+gc.collect()
+after = rss()
+print((after - before) / (1 + 4 * 250_000))
+"""
+
+
+def memory(available, only):
+    """Bytes per node of a live 1M-node graph, each engine in a fresh interpreter."""
+    results = {}
+    for name in ("fastgrad", "reference", "micrograd"):
+        if name not in available or (only and name not in only):
+            continue
+        log(f"  memory      {name:<10} fresh interpreter ...")
+        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, name],
+                             capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            results[name] = {"error": out.stderr.strip().splitlines()[-1]}
+        else:
+            b = float(out.stdout.strip())
+            results[name] = {"median": b, "unit": "bytes/node", "rounds": 1}
+            log(f"    {b:,.1f} bytes/node")
+    return results
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "system": f"{platform.system()} {platform.release()}",
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def fmt(entry):
+    if entry is None:
+        return "–"
+    if "error" in entry:
+        return entry["error"]
+    v = entry["median"]
+    s = f"{v:,.0f}" if v >= 100 else f"{v:,.2f}" if v >= 1 else f"{v:.3f}"
+    if entry.get("matched") is False:
+        s += " (WRONG)"
+    return s
+
+
+def ratio(a, b):
+    """b's median over a's: how many times faster a is than b."""
+    if not a or not b or "median" not in a or "median" not in b:
+        return "–"
+    return f"{b['median'] / a['median']:,.1f}x"
+
+
+def table(results, engines):
+    lines = ["| workload | unit | " + " | ".join(engines) +
+             " | fastgrad vs micrograd | fastgrad / float |",
+             "|---|---|" + "---:|" * len(engines) + "---:|---:|"]
+    for wname, res in results.items():
+        unit = next((e["unit"] for e in res.values() if "unit" in e), "")
+        cells = [fmt(res.get(e)) for e in engines]
+        fg, mg, fl = res.get("fastgrad"), res.get("micrograd"), res.get("float")
+        vs_mg = ratio(fg, mg) + " faster" if ratio(fg, mg) != "–" else (
+            f"micrograd: {mg['error']}" if mg and "error" in mg else "–")
+        if wname == "memory" and fg and mg and "median" in mg:
+            vs_mg = f"{mg['median'] / fg['median']:,.1f}x smaller"
+        vs_fl = (f"{fg['median'] / fl['median']:.2f}x" if fg and fl and "median" in fl else "–")
+        lines.append(f"| {wname} | {unit} | " + " | ".join(cells) + f" | {vs_mg} | {vs_fl} |")
+    return "\n".join(lines)
+
+
+def chart(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    engines = ["fastgrad", "reference", "torch", "float"]
+    names = [w for w, r in results.items() if "micrograd" in r and "median" in r["micrograd"]]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(engines)
+    for k, e in enumerate(engines):
+        xs, ys = [], []
+        for n, w in enumerate(names):
+            r = results[w]
+            if e in r and "median" in r[e]:
+                xs.append(n + k * width)
+                ys.append(r["micrograd"]["median"] / r[e]["median"])
+        if xs:
+            bars = ax.bar(xs, ys, width, label=e)
+            ax.bar_label(bars, labels=[f"{y:,.0f}x" if y >= 10 else f"{y:.1f}x" for y in ys],
+                         fontsize=7)
+    ax.set_yscale("log")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks([n + width * (len(engines) - 1) / 2 for n in range(len(names))], names)
+    ax.set_ylabel("times faster (or smaller) than micrograd")
+    ax.set_title("fastgrad benchmark suite: ratio to upstream micrograd, same run")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="bench-results")
+    p.add_argument("--workloads", nargs="*", default=None,
+                   help=f"subset of {list(W.WORKLOADS) + ['memory']}")
+    p.add_argument("--engines", nargs="*", default=None)
+    args = p.parse_args()
+
+    available = W.engines()
+    log(f"engines: {', '.join(['float'] + list(available))}")
+    if "micrograd" not in available:
+        log("  (upstream micrograd is not installed: pip install micrograd==0.1.0)")
+    names = args.workloads or list(W.WORKLOADS) + ["memory"]
+    results = {}
+    t0 = time.perf_counter()
+    for k, name in enumerate(names, 1):
+        log(f"[{k}/{len(names)}] {name}")
+        if name == "memory":
+            results[name] = memory(available, args.engines)
+        else:
+            results[name] = run_workload(W.WORKLOADS[name](), available, args.engines)
+    elapsed = time.perf_counter() - t0
+
+    engines = [e for e in ENGINE_ORDER if any(e in r for r in results.values())]
+    os.makedirs(args.out, exist_ok=True)
+    info = machine()
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"machine": info, "seconds": elapsed, "results": results}, f, indent=1)
+    try:
+        chart(results, os.path.join(args.out, "ratios.png"))
+        chart_note = f"chart: {os.path.join(args.out, 'ratios.png')}"
+    except ImportError:
+        chart_note = "chart skipped: matplotlib is not installed"
+    print(f"\nfastgrad benchmark suite: {info['cpu']}, {info['cores']} cores, "
+          f"Python {info['python']}, {info['date']} ({elapsed:.0f} s)\n")
+    print(table(results, engines))
+    print(f"\nmedians per unit; 'x faster' is micrograd's median over fastgrad's, from this run.")
+    print(f"results: {os.path.join(args.out, 'results.json')}; {chart_note}")
+    wrong = [f"{w}/{e}" for w, r in results.items() for e, x in r.items() if x.get("matched") is False]
+    if wrong:
+        print(f"\nWARNING: results differ from the reference engine's: {', '.join(wrong)}")
+
+
+if __name__ == "__main__":
+    main()

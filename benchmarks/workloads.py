@@ -1,0 +1,442 @@
+"""Named workloads, each runnable on every engine on the same seeded inputs.
+
+Engines: `fastgrad` (the compiled engine), `reference` (fastgrad's pure-Python engine),
+`micrograd` (upstream, if installed; tanh and exp added the lecture's way, as custom
+nodes), `float` (the floor: the same forward arithmetic on plain Python floats) and
+`torch` (0-dim tensors, or batched tensors for mlp-step; only if installed).
+
+A workload is prepared once per engine and then run in rounds: `setup()` builds what a
+round needs outside the timer, `run(state)` is what is timed, and `result(state)` gives
+the numbers that are compared with the reference engine's (a fast wrong answer is flagged).
+"""
+import math
+import random
+
+from fastgrad import reference
+from fastgrad.datasets import make_moons
+from fastgrad.ops import Op
+
+try:
+    import micrograd.engine
+    import micrograd.nn
+except ImportError:      # upstream micrograd is a benchmark dependency, but optional here
+    micrograd = None
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+
+# ------------------------------------------------------------------------------ engines
+
+def lecture_unary(Value, fn, dfn, name):
+    """An op added to a Value class the way the lecture adds tanh: a node whose Python
+    _backward closes over its input."""
+    def op(v):
+        t = fn(v.data)
+        out = Value(t, (v,), name)
+
+        def _backward():
+            v.grad += dfn(t, v.data) * out.grad
+        out._backward = _backward
+        return out
+    return op
+
+
+class Engine:
+    """A Value class plus how its tanh and exp are called."""
+    def __init__(self, name, Value, tanh=None, exp=None):
+        self.name = name
+        self.Value = Value
+        self.tanh = tanh or Value.tanh
+        self.exp = exp or Value.exp
+
+
+def engines():
+    """The engines available here, by name; 'float' is handled by each workload."""
+    from fastgrad import _core
+    found = {
+        "fastgrad": Engine("fastgrad", _core.Value),
+        "reference": Engine("reference", reference.Value),
+    }
+    if micrograd is not None:
+        V = micrograd.engine.Value
+        found["micrograd"] = Engine(
+            "micrograd", V,
+            tanh=lecture_unary(V, math.tanh, lambda t, x: 1 - t * t, "tanh"),
+            exp=lecture_unary(V, math.exp, lambda t, x: t, "exp"))
+    if torch is not None:
+        def scalar(x):
+            return torch.tensor(float(x), dtype=torch.float64, requires_grad=True)
+        found["torch"] = Engine("torch", scalar, tanh=torch.tanh, exp=torch.exp)
+    return found
+
+
+def grad_of(v):
+    g = v.grad
+    if torch is not None and isinstance(g, torch.Tensor):
+        return g.item()
+    return 0.0 if g is None else float(g)
+
+
+def data_of(v):
+    if torch is not None and isinstance(v, torch.Tensor):
+        return v.item()
+    return float(v.data) if not isinstance(v, float) else v
+
+
+# ---------------------------------------------------------------------------------- ops
+
+N_LEAVES = 64
+OPS_MIX = [Op.ADD, Op.ADD, Op.MUL, Op.MUL, Op.POW, Op.RELU, Op.TANH, Op.EXP]
+
+
+def ops_program(n_nodes=200_000, seed=0):
+    """A seeded program of mixed ops on N_LEAVES leaves, reusing earlier nodes.
+
+    Operands are drawn uniformly from all earlier nodes (a shallow, wide DAG, so that
+    micrograd's recursive backward copes). The program is simulated on floats while it is
+    drawn, and an op whose result would leave [-4, 4] becomes a tanh, so every engine
+    computes finite values. The nodes no op used are then summed pairwise into one root,
+    so that backward from the root reaches every node. Returns (leaves, steps, root_steps)
+    with steps (op, i, j) indexing the node list.
+    """
+    rnd = random.Random(seed)
+    leaves = [rnd.uniform(-1, 1) for _ in range(N_LEAVES)]
+    vals = list(leaves)
+    used = [False] * (N_LEAVES + n_nodes)
+    steps = []
+    while len(vals) < N_LEAVES + n_nodes - 1:
+        op = rnd.choice(OPS_MIX)
+        i, j = rnd.randrange(len(vals)), rnd.randrange(len(vals))
+        a, b = vals[i], vals[j]
+        v = {Op.ADD: lambda: a + b, Op.MUL: lambda: a * b, Op.POW: lambda: a ** 2,
+             Op.RELU: lambda: a if a > 0 else 0.0, Op.TANH: lambda: math.tanh(a),
+             Op.EXP: lambda: math.exp(a)}[op]()
+        if not -4.0 <= v <= 4.0:
+            op, v = Op.TANH, math.tanh(a)
+        used[i] = True
+        if op in (Op.ADD, Op.MUL):
+            used[j] = True
+        steps.append((int(op), i, j))
+        vals.append(v)
+    # pairwise sum of the sinks: depth log2(n), so no engine recurses deeply
+    level = [k for k in range(len(vals)) if not used[k]]
+    while len(level) > 1:
+        nxt = []
+        for k in range(0, len(level) - 1, 2):
+            steps.append((int(Op.ADD), level[k], level[k + 1]))
+            nxt.append(len(vals))
+            vals.append(vals[level[k]] + vals[level[k + 1]])
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return leaves, steps, level[0]
+
+
+def run_values(steps, nodes, tanh, exp):
+    """Executes an ops program on Value-like nodes (appending to nodes)."""
+    ADD, MUL, POW, RELU, TANH = Op.ADD, Op.MUL, Op.POW, Op.RELU, Op.TANH
+    append = nodes.append
+    for op, i, j in steps:
+        a = nodes[i]
+        if op == ADD:
+            r = a + nodes[j]
+        elif op == MUL:
+            r = a * nodes[j]
+        elif op == POW:
+            r = a ** 2
+        elif op == RELU:
+            r = a.relu()
+        elif op == TANH:
+            r = tanh(a)
+        else:
+            r = exp(a)
+        append(r)
+    return nodes
+
+
+def run_floats(steps, nodes):
+    """The floor: the same program on plain floats, ops written inline where Python can."""
+    ADD, MUL, POW, RELU, TANH = Op.ADD, Op.MUL, Op.POW, Op.RELU, Op.TANH
+    tanh, exp = math.tanh, math.exp
+    append = nodes.append
+    for op, i, j in steps:
+        a = nodes[i]
+        if op == ADD:
+            r = a + nodes[j]
+        elif op == MUL:
+            r = a * nodes[j]
+        elif op == POW:
+            r = a ** 2
+        elif op == RELU:
+            r = a if a > 0.0 else 0.0
+        elif op == TANH:
+            r = tanh(a)
+        else:
+            r = exp(a)
+        append(r)
+    return nodes
+
+
+class Workload:
+    name = unit = ""
+    per = 1.0            # divide a round's seconds by this ...
+    scale = 1.0          # ... then multiply by this to get `unit`
+    engines = ("fastgrad", "reference", "micrograd", "torch")
+    rounds = {"fastgrad": 7, "reference": 3, "micrograd": 3, "torch": 3, "float": 7}
+
+    def setup(self, engine):
+        raise NotImplementedError
+
+    def run(self, state):
+        raise NotImplementedError
+
+    def result(self, state):
+        raise NotImplementedError
+
+
+class Ops(Workload):
+    """Forward: build the 200k-node mixed-op graph (ns per node made by an op)."""
+    name, unit, scale = "ops", "ns/op", 1e9
+    engines = ("float", "fastgrad", "reference", "micrograd", "torch")
+
+    def __init__(self, n_nodes=200_000):
+        self.leaves, self.steps, self.root = ops_program(n_nodes)
+        self.per = len(self.steps)
+
+    def setup(self, engine):
+        if engine == "float":
+            return engine, list(self.leaves)
+        return engine, [engine.Value(x) for x in self.leaves]
+
+    def run(self, state):
+        engine, nodes = state
+        if engine == "float":
+            run_floats(self.steps, nodes)
+        else:
+            run_values(self.steps, nodes, engine.tanh, engine.exp)
+
+    def result(self, state):
+        engine, nodes = state
+        return [data_of(nodes[self.root])]
+
+
+class Backward(Ops):
+    """backward() on the ops graph, rebuilt outside the timer each round (ns per node)."""
+    name, unit = "backward", "ns/node"
+    engines = ("fastgrad", "reference", "micrograd", "torch")
+
+    def __init__(self, n_nodes=200_000):
+        super().__init__(n_nodes)
+        self.per = len(self.steps) + len(self.leaves)
+
+    def setup(self, engine):
+        engine, nodes = super().setup(engine)
+        run_values(self.steps, nodes, engine.tanh, engine.exp)
+        return engine, nodes
+
+    def run(self, state):
+        engine, nodes = state
+        nodes[self.root].backward()
+
+    def result(self, state):
+        engine, nodes = state
+        return [grad_of(v) for v in nodes[:N_LEAVES]]
+
+
+# ----------------------------------------------------------------------------- mlp-step
+
+def demo_step(Value, model, X, y, k, alpha=1e-4):
+    """One step of micrograd's demo: forward over the batch, SVM loss + L2, zero_grad,
+    backward, SGD with a decaying learning rate. Returns the loss."""
+    inputs = [list(map(Value, xrow)) for xrow in X]
+    scores = list(map(model, inputs))
+    losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores)]
+    data_loss = sum(losses) * (1.0 / len(losses))
+    reg_loss = alpha * sum((p * p for p in model.parameters()))
+    total_loss = data_loss + reg_loss
+    model.zero_grad()
+    total_loss.backward()
+    learning_rate = 1.0 - 0.9 * k / 100
+    for p in model.parameters():
+        p.data -= learning_rate * p.grad
+    return total_loss.data
+
+
+def torch_mlp_step(state):
+    """The same step as batched tensors: what a tensor library does with this model."""
+    W, X, y, k = state["W"], state["X"], state["y"], 0
+    h = X
+    for n, (w, b) in enumerate(W):
+        h = h @ w.T + b
+        if n < len(W) - 1:
+            h = h.relu()
+    scores = h[:, 0]
+    data_loss = (1 + -y * scores).relu().mean()
+    reg_loss = 1e-4 * sum((w * w).sum() + (b * b).sum() for w, b in W)
+    total = data_loss + reg_loss
+    for w, b in W:
+        w.grad = None
+        b.grad = None
+    total.backward()
+    lr = 1.0 - 0.9 * k / 100
+    with torch.no_grad():
+        for w, b in W:
+            w -= lr * w.grad
+            b -= lr * b.grad
+    return total.item()
+
+
+class MlpStep(Workload):
+    """One training step of micrograd's moons demo: 100 points, MLP(2, [16, 16, 1])."""
+    name, unit, scale = "mlp-step", "ms/step", 1e3
+    engines = ("fastgrad", "reference", "micrograd", "torch")
+    rounds = {"fastgrad": 7, "reference": 3, "micrograd": 3, "torch": 21}
+
+    def __init__(self):
+        self.X, self.y = make_moons(100, 0.1, seed=1337)
+
+    def model(self, engine):
+        random.seed(1337)
+        if engine.name == "micrograd":
+            return micrograd.nn.MLP(2, [16, 16, 1])
+        return nn_for(engine.Value).MLP(2, [16, 16, 1])
+
+    def setup(self, engine):
+        if engine.name == "torch":
+            m = self.model(engines()["reference"])      # same weights, as tensors
+            W = []
+            for layer in m.layers:
+                w = torch.tensor([[p.data for p in n.w] for n in layer.neurons],
+                                 dtype=torch.float64, requires_grad=True)
+                b = torch.tensor([n.b.data for n in layer.neurons],
+                                 dtype=torch.float64, requires_grad=True)
+                W.append((w, b))
+            return engine, {"W": W, "X": torch.tensor(self.X, dtype=torch.float64),
+                            "y": torch.tensor(self.y, dtype=torch.float64)}
+        return engine, self.model(engine)
+
+    def run(self, state):
+        engine, model = state
+        if engine.name == "torch":
+            model["loss"] = torch_mlp_step(model)
+        else:
+            demo_step(engine.Value, model, self.X, self.y, 0)
+
+    def result(self, state):
+        engine, model = state
+        if engine.name == "torch":       # in parameters() order: each neuron's w, then b
+            return [x for w, b in model["W"]
+                    for row, bias in zip(w.tolist(), b.tolist()) for x in row + [bias]]
+        # the weights after the step: they depend on every grad
+        return [float(p.data) for p in model.parameters()]
+
+
+def nn_for(Value):
+    """fastgrad.nn on the given Value class: a second copy of the module whose global
+    `Value` is replaced (nn only ever uses that name)."""
+    import importlib.util
+
+    from fastgrad import nn
+    spec = importlib.util.spec_from_file_location(f"fastgrad_nn_{Value.__module__}", nn.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.Value = Value
+    return module
+
+
+# ------------------------------------------------------------------------- chain, wide
+
+class Chain(Workload):
+    """x = x * 1.0001 + 0.5, 100k times, then backward (build and backward, ms)."""
+    name, unit, scale = "chain", "ms", 1e3
+    engines = ("fastgrad", "reference", "micrograd")
+    rounds = {"fastgrad": 5, "reference": 3, "micrograd": 1}
+
+    def __init__(self, steps=100_000):
+        self.steps = steps
+
+    def setup(self, engine):
+        return engine, [engine.Value(1.0)]
+
+    def run(self, state):
+        engine, xs = state
+        y = xs[0]
+        for _ in range(self.steps):
+            y = y * 1.0001 + 0.5
+        xs.append(y)
+        y.backward()
+
+    def result(self, state):
+        return [grad_of(state[1][0])]
+
+
+class Wide(Workload):
+    """sum() of 1M leaves, then backward (build and backward, ms)."""
+    name, unit, scale = "wide", "ms", 1e3
+    engines = ("fastgrad", "reference", "micrograd")
+    rounds = {"fastgrad": 5, "reference": 1, "micrograd": 1}
+
+    def __init__(self, n=1_000_000):
+        rnd = random.Random(2)
+        self.xs = [rnd.uniform(-1, 1) for _ in range(n)]
+
+    def setup(self, engine):
+        return engine, [engine.Value(x) for x in self.xs]
+
+    def run(self, state):
+        engine, leaves = state
+        s = sum(leaves)
+        s.backward()
+        state[1].append(s)
+
+    def result(self, state):
+        leaves = state[1]
+        return [grad_of(leaves[0]), grad_of(leaves[-2]), data_of(leaves[-1])]
+
+
+class LectureOp(Workload):
+    """Ops added the lecture's way (Python _backward per node): a 20k-node tanh chain.
+
+    Shows what a custom op costs in the compiled sweep, which calls back into Python."""
+    name, unit, scale = "lecture-op", "ns/node", 1e9
+    engines = ("fastgrad", "reference", "micrograd")
+    rounds = {"fastgrad": 5, "reference": 3, "micrograd": 3}
+
+    def __init__(self, n=20_000):
+        self.n = n
+        self.per = 2 * n
+
+    def setup(self, engine):
+        V = engine.Value
+        tanh = lecture_unary(V, math.tanh, lambda t, x: 1 - t * t, "tanh")
+        x = V(0.3)
+        nodes = [x]
+        y = x
+        for _ in range(self.n):
+            y = tanh(y * 1.5)
+            nodes.append(y)
+        return engine, nodes
+
+    def run(self, state):
+        state[1][-1].backward()
+
+    def result(self, state):
+        return [grad_of(state[1][0])]
+
+
+WORKLOADS = {w.name: w for w in (Ops, Backward, MlpStep, Chain, Wide, LectureOp)}
+
+# which workload exercises each op (tests/test_opcodes.py checks that every op has one)
+COVERAGE = {
+    Op.LEAF: "ops",
+    Op.ADD: "ops",
+    Op.MUL: "ops",
+    Op.POW: "ops",
+    Op.RELU: "ops",
+    Op.TANH: "ops",
+    Op.EXP: "ops",
+    Op.CUSTOM: "lecture-op",
+}

@@ -1,0 +1,29 @@
+"""fastgrad: micrograd's Value and nn on a Cython tape arena.
+
+The engine is chosen once, here: the compiled `fastgrad._core` unless the environment sets
+FASTGRAD_PUREPYTHON=1 or the extension was not built, in which case the pure-Python
+`fastgrad.reference` engine (same API, same semantics) stands in, with a warning.
+"""
+import os
+import warnings
+
+__version__ = "0.1.0"
+
+if os.environ.get("FASTGRAD_PUREPYTHON"):
+    from fastgrad.reference import Value
+    ENGINE = "reference"
+else:
+    try:
+        from fastgrad._core import Value
+        ENGINE = "compiled"
+    except ImportError as exc:
+        warnings.warn(
+            f"fastgrad's compiled engine is not available ({exc}); using the pure-Python "
+            "reference engine, which is much slower. Reinstall with a C compiler to fix.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        from fastgrad.reference import Value
+        ENGINE = "reference"
+
+__all__ = ["Value", "ENGINE"]

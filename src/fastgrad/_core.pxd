@@ -1,0 +1,74 @@
+# C declarations of the tape arena. Declarations only: implementations are in _core.pyx.
+from libc.stdint cimport int32_t, uint8_t
+from cpython.object cimport PyObject
+
+ctypedef double real_t      # a node's value, grad and constant parameter
+ctypedef int32_t node_t     # a slot index into the tape; -1 means "none"
+
+# Mirrors fastgrad.ops.Op (checked by tests/test_opcodes.py). Append only.
+cpdef enum Op:
+    LEAF = 0
+    ADD = 1
+    MUL = 2
+    POW = 3
+    RELU = 4
+    TANH = 5
+    EXP = 6
+    CUSTOM = 7
+    COUNT = 8
+
+# Bits of Tape.flags[i].
+cdef enum:
+    MARK = 1        # visited by the ordering pass in progress; clear between passes
+    HAS_LABEL = 2   # _labels holds this node's label
+    HAS_OPSTR = 4   # _opstrs holds this node's `_op` string
+    HAS_FN = 8      # the node's handle holds a Python _backward (so the handle exists)
+    PINNED = 16     # the tape holds a strong reference to the handle (HAS_FN and a parent)
+    POW_INT = 32    # POW: the exponent was an int, shown without a decimal point
+    POW_BOOL = 64   # POW: the exponent was a bool, shown as True/False
+
+# A CUSTOM node's children: kids[0] is their number n, kids[1..n] the slots.
+ctypedef union param_t:
+    real_t exponent   # POW: the constant exponent k
+    node_t* kids      # CUSTOM: malloc'd child list (NULL when it has no children)
+
+# The arena: one element of each array per slot.
+# Invariants:
+#   - a slot is live while its handle lives or a live parent names it as a child; then
+#     refs[i] = (number of child references to i from live parents, counted once per
+#     edge, so `a + a` counts 2) + (1 if handle[i] is not NULL);
+#   - a live slot's index never moves; free slots form a list threaded through lhs;
+#   - lhs/rhs are -1 where the op has fewer children; CUSTOM keeps its children in
+#     param[i].kids and has lhs = rhs = -1;
+#   - children of a node were created before it, but slot reuse means index order is not
+#     topological order: backward orders by depth-first search;
+#   - flags[i] & MARK is 0 outside an ordering pass.
+cdef struct Tape:
+    real_t* value       # value[i]: the node's data (forward result)
+    real_t* grad        # grad[i]: d(root)/d(node), accumulated by the reverse sweep
+    param_t* param      # param[i]: POW exponent or CUSTOM child list
+    node_t* lhs         # lhs[i]: first child, -1 if none; next free slot when free
+    node_t* rhs         # rhs[i]: second child, -1 if none
+    int32_t* refs       # refs[i]: parent edges + live handle, as above; 0 when free
+    uint8_t* op         # op[i]: an Op code
+    uint8_t* flags      # flags[i]: MARK | HAS_LABEL | ... bits
+    PyObject** handle   # handle[i]: borrowed pointer to the live Value handle, or NULL
+    node_t size         # slots [0, size) have been handed out at least once
+    node_t capacity     # length of every array
+    node_t free_head    # first free slot below size, or -1
+    node_t live         # number of live slots
+
+# A growable list of slots, the scratch space of ordering passes.
+cdef struct NodeList:
+    node_t* items
+    Py_ssize_t size
+    Py_ssize_t capacity
+
+# Failure contracts: `except -1` functions raise MemoryError (or the exception named)
+# and leave the tape exactly as it was; `noexcept` functions cannot fail.
+cdef int reserve(node_t n) except -1             # room for n more slots
+cdef node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexcept  # after reserve
+cdef void release(node_t i) noexcept             # drop one reference to i, free what dies
+cdef int order(node_t root, NodeList* out) except -1  # reachable nodes, children first
+cdef int sweep(NodeList* topo) except -1         # reverse sweep; -1 if a _backward raised
+cdef int apply_rule(node_t i) except -1          # node i's local chain rule

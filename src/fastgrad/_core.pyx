@@ -1,0 +1,685 @@
+# cython: embedsignature=True
+"""The compiled engine: a tape arena of C arrays, a thin `Value` handle, the reverse sweep.
+
+Layout of this file: memory, slots (allocation, references, freeing), one section per op
+(forward kernel beside its local-derivative kernel), ordering and sweep, the `Value`
+handle, and `_test_*` hooks for the test suite. Declarations are in _core.pxd.
+"""
+cimport cython
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.object cimport PyObject
+from libc.math cimport exp, floor, isfinite, isinf, pow, tanh
+from libc.stdint cimport INT32_MAX, int32_t, uint8_t
+from libc.string cimport memset
+
+from fastgrad.ops import SYMBOL as _SYMBOL_BY_OP, pow_symbol as _pow_symbol
+
+cdef extern from "Python.h":
+    bint PyFloat_CheckExact(object o)
+    bint PyFloat_Check(object o)
+    bint PyLong_Check(object o)
+    bint PyBool_Check(object o)
+    double PyFloat_AS_DOUBLE(object o)
+    double PyFloat_AsDouble(object o) except? -1.0
+    void PyObject_GC_Track(object o)
+    void PyObject_GC_UnTrack(object o)
+    bint PyObject_GC_IsTracked(object o)
+    ctypedef struct PyNumberMethods:
+        void* nb_float
+        void* nb_index
+    ctypedef struct PyTypeObject:
+        PyNumberMethods* tp_as_number
+    PyTypeObject* Py_TYPE(object o)
+    void incref "Py_INCREF"(PyObject* o)
+    void decref "Py_DECREF"(PyObject* o)
+
+# The arena. One per process; every access holds the GIL, so threads share it safely.
+cdef Tape T
+memset(&T, 0, sizeof(Tape))
+T.free_head = -1
+
+# Sparse per-node Python attributes, keyed by slot; flags[i] says whether an entry exists.
+cdef dict _labels = {}      # HAS_LABEL: the node's label
+cdef dict _opstrs = {}      # HAS_OPSTR: the `_op` string of a CUSTOM node
+cdef tuple _SYMBOL = tuple(_SYMBOL_BY_OP[op] for op in range(COUNT))
+
+# allocations left before a simulated failure (-1: never); set by _test_fail_allocs
+cdef Py_ssize_t _allocs_until_failure = -1
+
+
+# ---------------------------------------------------------------------------- memory
+
+cdef int safe_realloc(void** p, size_t nelems, size_t elsize) except -1:
+    """Resizes *p to nelems elements. On failure raises MemoryError and leaves *p as it was."""
+    global _allocs_until_failure
+    cdef void* q
+    if _allocs_until_failure == 0:
+        raise MemoryError("fastgrad: simulated allocation failure")
+    if _allocs_until_failure > 0:
+        _allocs_until_failure -= 1
+    if nelems > (<size_t>-1) // elsize // 2:
+        raise MemoryError(f"fastgrad: cannot allocate {nelems} elements")
+    q = PyMem_Realloc(p[0], nelems * elsize)
+    if q == NULL:
+        raise MemoryError(f"fastgrad: cannot allocate {nelems * elsize} bytes")
+    p[0] = q
+    return 0
+
+
+cdef int grow(node_t needed) except -1:
+    """Grows every tape array to hold at least `needed` slots (doubling)."""
+    cdef size_t cap = T.capacity if T.capacity > 0 else 1024
+    while cap < <size_t>needed:
+        cap *= 2
+    if cap > INT32_MAX:
+        cap = INT32_MAX
+    if cap < <size_t>needed:
+        raise MemoryError("fastgrad: the tape is full (2**31 - 1 nodes)")
+    # Each array is resized in turn; if one fails the earlier ones are merely larger than
+    # `capacity` says, which is harmless.
+    safe_realloc(<void**>&T.value, cap, sizeof(real_t))
+    safe_realloc(<void**>&T.grad, cap, sizeof(real_t))
+    safe_realloc(<void**>&T.param, cap, sizeof(param_t))
+    safe_realloc(<void**>&T.lhs, cap, sizeof(node_t))
+    safe_realloc(<void**>&T.rhs, cap, sizeof(node_t))
+    safe_realloc(<void**>&T.refs, cap, sizeof(int32_t))
+    safe_realloc(<void**>&T.op, cap, sizeof(uint8_t))
+    safe_realloc(<void**>&T.flags, cap, sizeof(uint8_t))
+    safe_realloc(<void**>&T.handle, cap, sizeof(PyObject*))
+    T.capacity = <node_t>cap
+    return 0
+
+
+cdef inline int reserve(node_t n) except -1:
+    # Conservative: ignores the free list, so that `push` after it can never fail.
+    if T.size > T.capacity - n:
+        grow(T.size + n)
+    return 0
+
+
+cdef int list_push(NodeList* l, node_t i) except -1:
+    cdef size_t cap
+    if l.size == l.capacity:
+        cap = 64 if l.capacity == 0 else 2 * <size_t>l.capacity
+        safe_realloc(<void**>&l.items, cap, sizeof(node_t))
+        l.capacity = cap
+    l.items[l.size] = i
+    l.size += 1
+    return 0
+
+
+# ----------------------------------------------------------------------------- slots
+
+cdef inline void pin(node_t c) noexcept:
+    # A node with a Python _backward keeps its handle (which holds the function) alive
+    # while a parent names it. The handle is GC-tracked, so once unpinned the cycle
+    # handle -> function -> closure -> handle is collected like micrograd's.
+    incref(T.handle[c])
+    T.flags[c] |= PINNED
+
+
+cdef inline void add_ref(node_t c) noexcept:
+    T.refs[c] += 1
+    if (T.flags[c] & (HAS_FN | PINNED)) == HAS_FN:
+        pin(c)
+
+
+cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexcept:
+    cdef node_t i
+    if T.free_head >= 0:
+        i = T.free_head
+        T.free_head = T.lhs[i]
+    else:
+        i = T.size
+        T.size += 1
+    T.value[i] = value
+    T.grad[i] = 0.0
+    T.param[i].exponent = 0.0
+    T.lhs[i] = lhs
+    T.rhs[i] = rhs
+    T.refs[i] = 0
+    T.op[i] = op
+    T.flags[i] = 0
+    T.handle[i] = NULL
+    T.live += 1
+    if lhs >= 0:
+        add_ref(lhs)
+    if rhs >= 0:
+        add_ref(rhs)
+    return i
+
+
+cdef inline bint drop_ref(node_t c) noexcept:
+    """Drops one reference to c; True if that was the last one (c must then be freed)."""
+    T.refs[c] -= 1
+    if T.refs[c] == 0:
+        return True
+    if T.refs[c] == 1 and T.flags[c] & PINNED:
+        # Only the handle is left: the tape stops holding it. This may run Python code
+        # (the handle's function can die), which may build or free other nodes, so
+        # callers re-read the tape's arrays afterwards rather than caching them.
+        T.flags[c] &= ~PINNED
+        decref(T.handle[c])
+    return False
+
+
+cdef void release(node_t i) noexcept:
+    cdef node_t pending, j, c, n, k
+    cdef node_t* kids
+    if not drop_ref(i):
+        return
+    # Free i and everything only it kept alive, iteratively: dead nodes are chained
+    # through refs[] (unused once a node is dead), -1 ending the chain.
+    T.refs[i] = -1
+    pending = i
+    while pending != -1:
+        j = pending
+        pending = T.refs[j]
+        if T.op[j] == CUSTOM:
+            kids = T.param[j].kids
+            T.param[j].kids = NULL
+            n = kids[0] if kids != NULL else 0
+            for k in range(1, n + 1):
+                c = kids[k]
+                if drop_ref(c):
+                    T.refs[c] = pending
+                    pending = c
+            PyMem_Free(kids)
+        else:
+            c = T.lhs[j]
+            if c >= 0 and drop_ref(c):
+                T.refs[c] = pending
+                pending = c
+            c = T.rhs[j]
+            if c >= 0 and drop_ref(c):
+                T.refs[c] = pending
+                pending = c
+        if T.flags[j] & HAS_LABEL:
+            _labels.pop(j, None)
+        if T.flags[j] & HAS_OPSTR:
+            _opstrs.pop(j, None)
+        T.refs[j] = 0
+        T.flags[j] = 0
+        T.op[j] = LEAF
+        T.rhs[j] = -1
+        T.lhs[j] = T.free_head
+        T.free_head = j
+        T.live -= 1
+
+
+# ------------------------------------------------------------------------------- ops
+# One section per op: the forward kernel, then the local chain rule (ops.DERIVATIVE).
+# Forward kernels that can fail raise Python's exception for the same float operation.
+
+# ADD: out = a + b
+cdef inline real_t add_forward(real_t a, real_t b) noexcept nogil:
+    return a + b
+
+cdef inline void add_backward(node_t i) noexcept nogil:
+    cdef real_t g = T.grad[i]
+    T.grad[T.lhs[i]] += g
+    T.grad[T.rhs[i]] += g
+
+
+# MUL: out = a * b
+cdef inline real_t mul_forward(real_t a, real_t b) noexcept nogil:
+    return a * b
+
+cdef inline void mul_backward(node_t i) noexcept nogil:
+    cdef real_t g = T.grad[i]
+    cdef node_t a = T.lhs[i], b = T.rhs[i]
+    T.grad[a] += T.value[b] * g
+    T.grad[b] += T.value[a] * g
+
+
+# POW: out = a ** k, with Python's float semantics for the forward value
+cdef int pow_forward(real_t a, real_t k, real_t* out) except -1:
+    if a == 0.0 and k < 0.0 and isfinite(k):
+        raise ZeroDivisionError("0.0 cannot be raised to a negative power")
+    if a < 0.0 and isfinite(a) and isfinite(k) and k != floor(k):
+        # Python would return a complex number, which a Value cannot hold
+        raise ValueError(f"negative number {a!r} cannot be raised to a fractional power {k!r}")
+    out[0] = pow(a, k)
+    if isinf(out[0]) and isfinite(a) and isfinite(k):
+        raise OverflowError(f"{a!r} ** {k!r}: numerical result out of range")
+    return 0
+
+cdef inline void pow_backward(node_t i) noexcept nogil:
+    # IEEE pow here (inf or nan, never an exception) since a sweep cannot stop halfway
+    cdef real_t k = T.param[i].exponent
+    cdef node_t a = T.lhs[i]
+    T.grad[a] += (k * pow(T.value[a], k - 1.0)) * T.grad[i]
+
+
+# RELU: out = 0 if a < 0 else a (micrograd keeps -0.0 and nan as they are)
+cdef inline real_t relu_forward(real_t a) noexcept nogil:
+    return 0.0 if a < 0.0 else a
+
+cdef inline void relu_backward(node_t i) noexcept nogil:
+    # (out > 0) * g, not a branch: 0 * inf must stay nan as in micrograd
+    T.grad[T.lhs[i]] += (<real_t>(T.value[i] > 0.0)) * T.grad[i]
+
+
+# TANH: out = tanh(a); C's tanh saturates to +-1 instead of overflowing
+cdef inline real_t tanh_forward(real_t a) noexcept nogil:
+    return tanh(a)
+
+cdef inline void tanh_backward(node_t i) noexcept nogil:
+    cdef real_t t = T.value[i]
+    T.grad[T.lhs[i]] += (1.0 - t * t) * T.grad[i]
+
+
+# EXP: out = exp(a), raising OverflowError as math.exp does
+cdef int exp_forward(real_t a, real_t* out) except -1:
+    out[0] = exp(a)
+    if isinf(out[0]) and isfinite(a):
+        raise OverflowError("math range error")
+    return 0
+
+cdef inline void exp_backward(node_t i) noexcept nogil:
+    T.grad[T.lhs[i]] += T.value[i] * T.grad[i]
+
+
+# CUSTOM: Value(data, children, op); its rule is its Python _backward, if it has one
+cdef int custom_backward(node_t i) except -1:
+    cdef Value h
+    if T.flags[i] & HAS_FN:
+        h = <Value>T.handle[i]
+        if h._fn is not None:
+            h._fn()
+    return 0
+
+
+cdef inline int apply_rule(node_t i) except -1:
+    cdef uint8_t o = T.op[i]
+    if o == ADD:
+        add_backward(i)
+    elif o == MUL:
+        mul_backward(i)
+    elif o == POW:
+        pow_backward(i)
+    elif o == RELU:
+        relu_backward(i)
+    elif o == TANH:
+        tanh_backward(i)
+    elif o == EXP:
+        exp_backward(i)
+    elif o == CUSTOM:
+        custom_backward(i)
+    return 0
+
+
+# ------------------------------------------------------------------ ordering, sweep
+
+cdef int order(node_t root, NodeList* out) except -1:
+    """Appends the nodes reachable from root to out, every node after its children.
+
+    Depth-first with an explicit stack, never recursion. An entry v >= 0 on the stack is
+    a node to expand; ~v marks a node whose children are all done. MARK bits are set on
+    the way and cleared before returning, also when it fails.
+    """
+    cdef NodeList stack
+    cdef node_t v, c, k, n
+    cdef node_t* kids
+    cdef Py_ssize_t s
+    memset(&stack, 0, sizeof(NodeList))
+    try:
+        list_push(&stack, root)
+        while stack.size:
+            v = stack.items[stack.size - 1]
+            if v < 0:
+                list_push(out, ~v)      # before popping: a marked node is never lost
+                stack.size -= 1
+                continue
+            if T.flags[v] & MARK:       # reached again through another parent
+                stack.size -= 1
+                continue
+            T.flags[v] |= MARK
+            stack.items[stack.size - 1] = ~v
+            if T.op[v] == CUSTOM:
+                kids = T.param[v].kids
+                n = kids[0] if kids != NULL else 0
+                for k in range(1, n + 1):
+                    if not T.flags[kids[k]] & MARK:
+                        list_push(&stack, kids[k])
+            else:
+                c = T.lhs[v]
+                if c >= 0 and not T.flags[c] & MARK:
+                    list_push(&stack, c)
+                c = T.rhs[v]
+                if c >= 0 and not T.flags[c] & MARK:
+                    list_push(&stack, c)
+    finally:
+        # every marked node is either in out or on the stack as ~v
+        for s in range(out.size):
+            T.flags[out.items[s]] &= ~MARK
+        for s in range(stack.size):
+            if stack.items[s] < 0:
+                T.flags[~stack.items[s]] &= ~MARK
+        PyMem_Free(stack.items)
+    return 0
+
+
+cdef int sweep(NodeList* topo) except -1:
+    """Applies every node's rule, parents before children."""
+    cdef Py_ssize_t s
+    for s in range(topo.size - 1, -1, -1):
+        apply_rule(topo.items[s])
+    return 0
+
+
+# -------------------------------------------------------------------------- handles
+
+cdef inline int as_real(object x, real_t* out) except -1:
+    """Reads a number into out: 1 on success, 0 if x is not a number (the operator then
+    returns NotImplemented), -1 with an exception set for numbers that do not fit."""
+    cdef PyNumberMethods* nb
+    if PyFloat_CheckExact(x):
+        out[0] = PyFloat_AS_DOUBLE(x)
+        return 1
+    if PyFloat_Check(x) or PyLong_Check(x):
+        out[0] = PyFloat_AsDouble(x)
+        return 1
+    nb = Py_TYPE(x).tp_as_number
+    if nb == NULL or (nb.nb_float == NULL and nb.nb_index == NULL):
+        return 0
+    try:
+        out[0] = PyFloat_AsDouble(x)     # __float__ or __index__, as float(x) minus strings
+    except TypeError:
+        return 0
+    return 1
+
+
+cdef real_t real_or_raise(object x, str what) except? -1.0:
+    cdef real_t r
+    if not as_real(x, &r):
+        raise TypeError(f"{what} must be a real number, not {type(x).__name__!r}")
+    return r
+
+
+cdef inline Value new_handle():
+    # Handles hold no references that can form cycles, unless a Python _backward is
+    # assigned (then the setter tracks them); they stay out of the cyclic GC until then.
+    cdef Value h = Value.__new__(Value)
+    PyObject_GC_UnTrack(h)
+    return h
+
+
+cdef inline Value attach(Value h, node_t i):
+    h.slot = i
+    T.handle[i] = <PyObject*>h
+    T.refs[i] += 1
+    return h
+
+
+cdef Value handle_of(node_t i):
+    """The live handle of slot i, made if it has none (one handle per slot at most)."""
+    if T.handle[i] != NULL:
+        return <Value>T.handle[i]
+    return attach(new_handle(), i)
+
+
+cdef object binary(uint8_t op, Value a, object b):
+    """a (op) b for ADD and MUL; a number b becomes a leaf node, as in micrograd."""
+    cdef real_t x
+    cdef node_t lhs = check_slot(a), rhs
+    cdef Value h
+    if type(b) is Value:
+        rhs = check_slot(<Value>b)
+        x = T.value[rhs]
+    elif not as_real(b, &x):
+        return NotImplemented
+    else:
+        rhs = -1
+    h = new_handle()
+    reserve(2)
+    if rhs < 0:
+        rhs = push(LEAF, x, -1, -1)
+    if op == ADD:
+        return attach(h, push(ADD, add_forward(T.value[lhs], x), lhs, rhs))
+    return attach(h, push(MUL, mul_forward(T.value[lhs], x), lhs, rhs))
+
+
+cdef object unary(uint8_t op, real_t value, Value a):
+    cdef Value h = new_handle()
+    reserve(1)
+    return attach(h, push(op, value, a.slot, -1))
+
+
+cdef inline node_t check_slot(Value v) except -1:
+    if v.slot < 0:
+        raise ValueError("this Value was never initialised (made by Value.__new__)")
+    return v.slot
+
+
+def _restore(data, grad, label):
+    """Unpickles a leaf Value."""
+    v = Value(data, label=label)
+    v.grad = grad
+    return v
+
+
+@cython.final
+@cython.freelist(1024)
+cdef class Value:
+    """ stores a single scalar value and its gradient """
+    cdef node_t slot
+    cdef object _fn     # the Python _backward assigned to this node, or None
+
+    def __cinit__(self):
+        self.slot = -1
+
+    def __init__(self, data, _children=(), _op='', label=''):
+        cdef real_t x = real_or_raise(data, "Value data")
+        cdef list kids = list(_children)
+        cdef node_t* arr = NULL
+        cdef node_t i, n = len(kids)
+        for c in kids:
+            if type(c) is not Value:
+                raise TypeError(f"children of a Value must be Values, not {type(c).__name__!r}")
+            check_slot(<Value>c)
+        if self.slot >= 0:                     # __init__ called again: rebind this handle
+            raise TypeError("Value.__init__ cannot be called on an existing Value")
+        PyObject_GC_UnTrack(self)
+        reserve(1)
+        if n == 0 and _op == '':
+            i = push(LEAF, x, -1, -1)
+        else:
+            if n > 0:
+                safe_realloc(<void**>&arr, n + 1, sizeof(node_t))
+                arr[0] = n
+                for k in range(n):
+                    arr[k + 1] = (<Value>kids[k]).slot
+            i = push(CUSTOM, x, -1, -1)
+            T.param[i].kids = arr
+            for k in range(n):
+                add_ref(arr[k + 1])
+        attach(self, i)
+        if _op != '':
+            self._op = _op
+        if label != '':
+            self.label = label
+
+    def __dealloc__(self):
+        if self.slot >= 0:
+            T.handle[self.slot] = NULL
+            release(self.slot)
+
+    # --- attributes -----------------------------------------------------------------
+
+    @property
+    def data(self):
+        return T.value[check_slot(self)]
+
+    @data.setter
+    def data(self, value):
+        T.value[check_slot(self)] = real_or_raise(value, "data")
+
+    @property
+    def grad(self):
+        return T.grad[check_slot(self)]
+
+    @grad.setter
+    def grad(self, value):
+        T.grad[check_slot(self)] = real_or_raise(value, "grad")
+
+    @property
+    def label(self):
+        cdef node_t i = check_slot(self)
+        return _labels[i] if T.flags[i] & HAS_LABEL else ''
+
+    @label.setter
+    def label(self, value):
+        cdef node_t i = check_slot(self)
+        _labels[i] = value
+        T.flags[i] |= HAS_LABEL
+
+    @property
+    def _op(self):
+        cdef node_t i = check_slot(self)
+        cdef real_t k
+        if T.flags[i] & HAS_OPSTR:
+            return _opstrs[i]
+        if T.op[i] == POW:
+            k = T.param[i].exponent
+            if T.flags[i] & POW_BOOL:
+                return _pow_symbol(k != 0.0)
+            if T.flags[i] & POW_INT:
+                return _pow_symbol(int(k))
+            return _pow_symbol(k)
+        return _SYMBOL[T.op[i]]
+
+    @_op.setter
+    def _op(self, value):
+        cdef node_t i = check_slot(self)
+        _opstrs[i] = value
+        T.flags[i] |= HAS_OPSTR
+
+    @property
+    def _prev(self):
+        cdef node_t i = check_slot(self), k
+        cdef node_t* kids
+        cdef set s = set()
+        if T.op[i] == CUSTOM:
+            kids = T.param[i].kids
+            if kids != NULL:
+                for k in range(1, kids[0] + 1):
+                    s.add(handle_of(kids[k]))
+        else:
+            if T.lhs[i] >= 0:
+                s.add(handle_of(T.lhs[i]))
+            if T.rhs[i] >= 0:
+                s.add(handle_of(T.rhs[i]))
+        return s
+
+    @property
+    def _backward(self):
+        check_slot(self)
+        if T.flags[self.slot] & HAS_FN:
+            return self._fn
+        return self._apply_rule
+
+    @_backward.setter
+    def _backward(self, fn):
+        cdef node_t i = check_slot(self)
+        if not callable(fn):
+            raise TypeError(f"_backward must be callable, not {type(fn).__name__!r}")
+        self._fn = fn
+        T.flags[i] |= HAS_FN
+        if not PyObject_GC_IsTracked(self):
+            PyObject_GC_Track(self)
+        if T.refs[i] > 1 and not T.flags[i] & PINNED:
+            pin(i)
+
+    def _apply_rule(self):
+        """Applies this node's local chain rule once (what micrograd's _backward does)."""
+        apply_rule(check_slot(self))
+
+    # --- operators (micrograd builds the same graph) ---------------------------------
+
+    def __add__(self, other):
+        return binary(ADD, self, other)
+
+    def __radd__(self, other): # other + self
+        return binary(ADD, self, other)
+
+    def __mul__(self, other):
+        return binary(MUL, self, other)
+
+    def __rmul__(self, other): # other * self
+        return binary(MUL, self, other)
+
+    def __pow__(self, other, mod):
+        cdef real_t k, r
+        cdef Value out
+        if mod is not None:
+            raise TypeError("pow() with a modulus is not supported for Value")
+        if not isinstance(other, (int, float)):
+            raise TypeError("only supporting int/float powers for now")
+        k = other
+        pow_forward(T.value[check_slot(self)], k, &r)
+        out = unary(POW, r, self)
+        T.param[out.slot].exponent = k
+        if PyBool_Check(other):
+            T.flags[out.slot] |= POW_BOOL
+        elif PyLong_Check(other):
+            T.flags[out.slot] |= POW_INT
+        return out
+
+    def relu(self):
+        return unary(RELU, relu_forward(T.value[check_slot(self)]), self)
+
+    def tanh(self):
+        return unary(TANH, tanh_forward(T.value[check_slot(self)]), self)
+
+    def exp(self):
+        cdef real_t r
+        exp_forward(T.value[check_slot(self)], &r)
+        return unary(EXP, r, self)
+
+    def __neg__(self): # -self
+        return self * -1
+
+    def __sub__(self, other): # self - other
+        return self + (-other)
+
+    def __rsub__(self, other): # other - self
+        return other + (-self)
+
+    def __truediv__(self, other): # self / other
+        return self * other**-1
+
+    def __rtruediv__(self, other): # other / self
+        return other * self**-1
+
+    def backward(self):
+        cdef NodeList topo
+        cdef node_t i = check_slot(self)
+        memset(&topo, 0, sizeof(NodeList))
+        try:
+            order(i, &topo)
+            T.grad[i] = 1.0
+            sweep(&topo)
+        finally:
+            PyMem_Free(topo.items)
+
+    def __repr__(self):
+        return f"Value(data={self.data}, grad={self.grad})"
+
+    def __reduce__(self):
+        if T.op[check_slot(self)] != LEAF:
+            raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
+        return (_restore, (self.data, self.grad, self.label))
+
+
+# ------------------------------------------------------------------------ test hooks
+
+def _tape_stats():
+    """Counts of the arena: live slots, slots handed out, capacity, free slots below size."""
+    return {'live': T.live, 'size': T.size, 'capacity': T.capacity, 'free': T.size - T.live}
+
+
+def _test_fail_allocs(n):
+    """Makes the allocation after the next n fail with MemoryError (-1 turns it off)."""
+    global _allocs_until_failure
+    _allocs_until_failure = n

@@ -1,0 +1,25 @@
+"""Toy data for the demo, the tests and the benchmarks, without numpy or scikit-learn."""
+import math
+import random
+
+
+def make_moons(n_samples=100, noise=0.1, seed=0):
+    """Two interleaving half circles (scikit-learn's make_moons, drawn with `random`).
+
+    Returns (X, y): a list of (x1, x2) tuples and a list of labels -1 and 1, as in
+    micrograd's demo notebook. The same seed gives the same data on every platform.
+    """
+    rnd = random.Random(seed)
+    n_out = n_samples // 2
+    n_in = n_samples - n_out
+    X, y = [], []
+    for i in range(n_out):
+        t = math.pi * i / (n_out - 1) if n_out > 1 else 0.0
+        X.append((math.cos(t), math.sin(t)))
+        y.append(-1)
+    for i in range(n_in):
+        t = math.pi * i / (n_in - 1) if n_in > 1 else 0.0
+        X.append((1 - math.cos(t), 1 - math.sin(t) - 0.5))
+        y.append(1)
+    X = [(a + rnd.gauss(0, noise), b + rnd.gauss(0, noise)) for a, b in X]
+    return X, y

@@ -1,0 +1,296 @@
+"""The pure-Python reference engine: micrograd's Value with fastgrad's semantics.
+
+It is the contract the compiled engine is tested against, the fallback when the extension
+is not built, and the baseline of the benchmark suite. Backward rules are keyed by the op
+codes of fastgrad.ops; ordering is iterative, so deep graphs work here too.
+"""
+import math
+
+from fastgrad.ops import SYMBOL, Op, pow_symbol
+
+
+def _as_real(x):
+    """float(x) for numbers (what PyFloat_AsDouble accepts), None for anything else."""
+    if type(x) is float:
+        return x
+    if isinstance(x, (int, float)):
+        return float(x)
+    t = type(x)
+    if not (hasattr(t, '__float__') or hasattr(t, '__index__')):
+        return None
+    try:
+        return float(x.__float__() if hasattr(t, '__float__') else x.__index__())
+    except TypeError:
+        return None
+
+
+def _real_or_raise(x, what):
+    r = _as_real(x)
+    if r is None:
+        raise TypeError(f"{what} must be a real number, not {type(x).__name__!r}")
+    return r
+
+
+def _pow_forward(a, k):
+    """a ** k with Python's float semantics, except that a complex result is an error."""
+    if a < 0.0 and math.isfinite(a) and math.isfinite(k) and k != math.floor(k):
+        raise ValueError(f"negative number {a!r} cannot be raised to a fractional power {k!r}")
+    try:
+        return a ** k
+    except OverflowError:
+        raise OverflowError(f"{a!r} ** {k!r}: numerical result out of range") from None
+
+
+def _pow_ieee(a, k):
+    """a ** k as C's pow computes it: inf or nan where Python would raise."""
+    try:
+        r = a ** k
+    except ZeroDivisionError:              # 0 ** negative
+        odd = k == math.floor(k) and k % 2 == 1
+        return math.copysign(math.inf, a) if odd else math.inf
+    except OverflowError:
+        odd = k == math.floor(k) and k % 2 == 1
+        return -math.inf if a < 0 and odd else math.inf
+    return math.nan if isinstance(r, complex) else r
+
+
+# The local chain rule of each op (ops.DERIVATIVE), applied to node `out`.
+def _add_rule(out):
+    a, b = out._children
+    a._grad += out._grad
+    b._grad += out._grad
+
+
+def _mul_rule(out):
+    a, b = out._children
+    a._grad += b._data * out._grad
+    b._grad += a._data * out._grad
+
+
+def _pow_rule(out):
+    a, = out._children
+    k = out._k
+    a._grad += (k * _pow_ieee(a._data, k - 1.0)) * out._grad
+
+
+def _relu_rule(out):
+    out._children[0]._grad += (out._data > 0) * out._grad
+
+
+def _tanh_rule(out):
+    t = out._data
+    out._children[0]._grad += (1.0 - t * t) * out._grad
+
+
+def _exp_rule(out):
+    out._children[0]._grad += out._data * out._grad
+
+
+def _no_rule(out):
+    pass
+
+
+RULES = {
+    Op.LEAF: _no_rule,
+    Op.ADD: _add_rule,
+    Op.MUL: _mul_rule,
+    Op.POW: _pow_rule,
+    Op.RELU: _relu_rule,
+    Op.TANH: _tanh_rule,
+    Op.EXP: _exp_rule,
+    Op.CUSTOM: _no_rule,   # a CUSTOM node's rule is its Python _backward, if any
+}
+
+
+def _rule(code):
+    rule = RULES.get(code)
+    if rule is None:
+        raise NotImplementedError(f"no backward rule for op {Op(code).name}")
+    return rule
+
+
+class Value:
+    """ stores a single scalar value and its gradient """
+    __slots__ = ('_data', '_grad', '_children', '_code', '_k', '_opstr', '_fn', '_label')
+
+    def __init__(self, data, _children=(), _op='', label=''):
+        self._data = _real_or_raise(data, "Value data")
+        self._grad = 0.0
+        self._children = tuple(_children)
+        for c in self._children:
+            if type(c) is not Value:
+                raise TypeError(f"children of a Value must be Values, not {type(c).__name__!r}")
+        self._code = Op.CUSTOM if (self._children or _op != '') else Op.LEAF
+        self._k = 0.0
+        self._opstr = _op if _op != '' else None
+        self._fn = None
+        self._label = label
+
+    @classmethod
+    def _node(cls, code, data, children):
+        # the ops' constructor: no argument checks, they were done by the operator
+        out = cls.__new__(cls)
+        out._data = data
+        out._grad = 0.0
+        out._children = children
+        out._code = code
+        out._k = 0.0
+        out._opstr = None
+        out._fn = None
+        out._label = ''
+        return out
+
+    # --- attributes -----------------------------------------------------------------
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = _real_or_raise(value, "data")
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = _real_or_raise(value, "grad")
+
+    @property
+    def label(self):
+        return self._label
+
+    @label.setter
+    def label(self, value):
+        self._label = value
+
+    @property
+    def _op(self):
+        if self._opstr is not None:
+            return self._opstr
+        if self._code == Op.POW:
+            return pow_symbol(self._k)
+        return SYMBOL[self._code]
+
+    @_op.setter
+    def _op(self, value):
+        self._opstr = value
+
+    @property
+    def _prev(self):
+        return set(self._children)
+
+    @property
+    def _backward(self):
+        if self._fn is not None:
+            return self._fn
+        return self._apply_rule
+
+    @_backward.setter
+    def _backward(self, fn):
+        if not callable(fn):
+            raise TypeError(f"_backward must be callable, not {type(fn).__name__!r}")
+        self._fn = fn
+
+    def _apply_rule(self):
+        """Applies this node's local chain rule once (what micrograd's _backward does)."""
+        if self._fn is not None:
+            self._fn()
+        else:
+            _rule(self._code)(self)
+
+    # --- operators (micrograd builds the same graph) ---------------------------------
+
+    def _binary(self, code, other):
+        if type(other) is Value:
+            x = other._data
+        else:
+            x = _as_real(other)
+            if x is None:
+                return NotImplemented
+            other = Value._node(Op.LEAF, x, ())
+        data = self._data + x if code == Op.ADD else self._data * x
+        return Value._node(code, data, (self, other))
+
+    def __add__(self, other):
+        return self._binary(Op.ADD, other)
+
+    def __radd__(self, other): # other + self
+        return self._binary(Op.ADD, other)
+
+    def __mul__(self, other):
+        return self._binary(Op.MUL, other)
+
+    def __rmul__(self, other): # other * self
+        return self._binary(Op.MUL, other)
+
+    def __pow__(self, other, mod=None):
+        if mod is not None:
+            raise TypeError("pow() with a modulus is not supported for Value")
+        if not isinstance(other, (int, float)):
+            raise TypeError("only supporting int/float powers for now")
+        out = Value._node(Op.POW, _pow_forward(self._data, float(other)), (self,))
+        out._k = other   # kept as given, so that `_op` shows '**2', '**2.0' or '**True'
+        return out
+
+    def relu(self):
+        return Value._node(Op.RELU, 0.0 if self._data < 0 else self._data, (self,))
+
+    def tanh(self):
+        return Value._node(Op.TANH, math.tanh(self._data), (self,))
+
+    def exp(self):
+        return Value._node(Op.EXP, math.exp(self._data), (self,))
+
+    def __neg__(self): # -self
+        return self * -1
+
+    def __sub__(self, other): # self - other
+        return self + (-other)
+
+    def __rsub__(self, other): # other - self
+        return other + (-self)
+
+    def __truediv__(self, other): # self / other
+        return self * other**-1
+
+    def __rtruediv__(self, other): # other / self
+        return other * self**-1
+
+    def backward(self):
+        # order: depth-first with an explicit stack (no recursion), children first
+        topo = []
+        visited = set()
+        stack = [(self, False)]
+        while stack:
+            v, expanded = stack.pop()
+            if expanded:
+                topo.append(v)
+            elif v not in visited:
+                visited.add(v)
+                stack.append((v, True))
+                stack.extend((c, False) for c in v._children if c not in visited)
+        # sweep: each node's local chain rule, parents before children
+        self._grad = 1.0
+        for v in reversed(topo):
+            if v._fn is not None:
+                v._fn()
+            else:
+                _rule(v._code)(v)
+
+    def __repr__(self):
+        return f"Value(data={self.data}, grad={self.grad})"
+
+    def __reduce__(self):
+        if self._code != Op.LEAF:
+            raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
+        return (_restore, (self._data, self._grad, self._label))
+
+
+def _restore(data, grad, label):
+    """Unpickles a leaf Value."""
+    v = Value(data, label=label)
+    v.grad = grad
+    return v

@@ -1,0 +1,85 @@
+"""fastgrad.nn against micrograd.nn: same weights, reprs, parameter order, loss curve."""
+import random
+
+import pytest
+
+import micrograd.engine
+import micrograd.nn
+
+import fastgrad
+from fastgrad import nn
+from fastgrad.datasets import make_moons
+
+
+def build(module, seed, *args):
+    random.seed(seed)
+    return module(*args)
+
+
+@pytest.mark.parametrize("cls, args", [
+    ("Neuron", (3,)), ("Neuron", (3, False)), ("Layer", (2, 3)), ("MLP", (2, [16, 16, 1])),
+])
+def test_same_weights_reprs_and_order(cls, args):
+    ours = build(getattr(nn, cls), 7, *args)
+    theirs = build(getattr(micrograd.nn, cls), 7, *args)
+    assert repr(ours) == repr(theirs)
+    assert [p.data for p in ours.parameters()] == [p.data for p in theirs.parameters()]
+    assert all(type(p) is fastgrad.Value for p in ours.parameters())
+
+
+def test_layer_returns_a_bare_value_for_one_neuron():
+    layer = nn.Layer(3, 1)
+    out = layer([1.0, 2.0, 3.0])
+    assert type(out) is fastgrad.Value
+    assert nn.Neuron(2)([1.0, 1.0])._op == 'ReLU'
+    assert nn.Neuron(2, nonlin=False)([1.0, 1.0])._op == '+'
+
+
+def test_zero_grad():
+    m = nn.MLP(2, [3, 1])
+    m([0.5, -0.5]).backward()
+    assert any(p.grad != 0 for p in m.parameters())
+    m.zero_grad()
+    assert all(p.grad == 0 for p in m.parameters())
+    assert nn.Module().parameters() == []
+
+
+def demo_losses(Value, model, X, y, steps, alpha=1e-4):
+    """micrograd's demo notebook loop: SVM loss + L2, full batch, SGD with decaying lr."""
+    curve = []
+    for k in range(steps):
+        inputs = [list(map(Value, xrow)) for xrow in X]
+        scores = list(map(model, inputs))
+        losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores)]
+        data_loss = sum(losses) * (1.0 / len(losses))
+        reg_loss = alpha * sum((p * p for p in model.parameters()))
+        total_loss = data_loss + reg_loss
+        accuracy = [(yi > 0) == (scorei.data > 0) for yi, scorei in zip(y, scores)]
+        model.zero_grad()
+        total_loss.backward()
+        learning_rate = 1.0 - 0.9 * k / 100
+        for p in model.parameters():
+            p.data -= learning_rate * p.grad
+        curve.append((total_loss.data, sum(accuracy) / len(accuracy)))
+    return curve
+
+
+def test_demo_loss_curve_matches_micrograd():
+    X, y = make_moons(n_samples=100, noise=0.1, seed=1337)
+    ours = build(nn.MLP, 1337, 2, [16, 16, 1])
+    theirs = build(micrograd.nn.MLP, 1337, 2, [16, 16, 1])
+    a = demo_losses(fastgrad.Value, ours, X, y, 20)
+    b = demo_losses(micrograd.engine.Value, theirs, X, y, 20)
+    for (la, acc_a), (lb, acc_b) in zip(a, b):
+        assert la == pytest.approx(lb, rel=1e-9)
+        assert acc_a == acc_b
+    assert a[-1][0] < a[0][0]                  # and it learns
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        assert p.data == pytest.approx(q.data, rel=1e-9, abs=1e-12)
+
+
+def test_make_moons_shape():
+    X, y = make_moons(100, 0.1, seed=0)
+    assert len(X) == len(y) == 100 and sorted(set(y)) == [-1, 1]
+    assert make_moons(100, 0.1, seed=0) == (X, y)
+    assert make_moons(100, 0.1, seed=1) != (X, y)

@@ -1,0 +1,139 @@
+"""One test per op (test_op_<name>, checked by test_opcodes.py), on every operand
+combination, against the closed form of its value and its derivatives."""
+import math
+
+import pytest
+
+REL, ABS = 1e-12, 1e-15
+approx = lambda x: pytest.approx(x, rel=REL, abs=ABS)
+
+A, B = 1.7, -0.6
+
+
+def operands(Value, a, b):
+    """Value op Value, Value op number, number op Value: (x, y, [leaves with grads])."""
+    va, vb = Value(a), Value(b)
+    yield va, vb, (va, vb)
+    va = Value(a)
+    yield va, b, (va, None)
+    vb = Value(b)
+    yield a, vb, (None, vb)
+
+
+def check_binary(Value, f, value, dfa, dfb):
+    for x, y, (ga, gb) in operands(Value, A, B):
+        out = f(x, y)
+        out.backward()
+        assert out.data == approx(value)
+        if ga is not None:
+            assert ga.grad == approx(dfa)
+        if gb is not None:
+            assert gb.grad == approx(dfb)
+
+
+def test_op_leaf(Value):
+    v = Value(3.5)
+    assert (v.data, v.grad, v._op, v._prev) == (3.5, 0.0, '', set())
+    v.backward()
+    assert v.grad == 1.0
+
+
+def test_op_add(Value):
+    check_binary(Value, lambda x, y: x + y, A + B, 1.0, 1.0)
+
+
+def test_op_mul(Value):
+    check_binary(Value, lambda x, y: x * y, A * B, B, A)
+
+
+def test_sub(Value):
+    check_binary(Value, lambda x, y: x - y, A - B, 1.0, -1.0)
+
+
+def test_div(Value):
+    check_binary(Value, lambda x, y: x / y, A / B, 1 / B, -A / B**2)
+
+
+@pytest.mark.parametrize("k", [2, 3, -1, -2, 0.5, 2.5, 0, 1, 2.0])
+def test_op_pow(Value, k):
+    a = Value(A)
+    out = a ** k
+    out.backward()
+    assert out.data == approx(A ** k)
+    assert a.grad == approx(k * A ** (k - 1))
+    assert out._op == f'**{k}'
+
+
+@pytest.mark.parametrize("x, value, grad", [(2.5, 2.5, 1.0), (-2.5, 0.0, 0.0), (0.0, 0.0, 0.0)])
+def test_op_relu(Value, x, value, grad):
+    a = Value(x)
+    out = a.relu()
+    out.backward()
+    assert (out.data, a.grad, out._op) == (value, grad, 'ReLU')
+
+
+@pytest.mark.parametrize("x", [0.3, -1.2, 0.0, 20.0, 1000.0, -1000.0])
+def test_op_tanh(Value, x):
+    a = Value(x)
+    out = a.tanh()
+    out.backward()
+    assert out.data == approx(math.tanh(x))
+    assert a.grad == approx(1 - math.tanh(x) ** 2)
+    assert out._op == 'tanh'
+
+
+@pytest.mark.parametrize("x", [0.3, -1.2, 0.0, 700.0, -1000.0])
+def test_op_exp(Value, x):
+    a = Value(x)
+    out = a.exp()
+    out.backward()
+    assert out.data == approx(math.exp(x))
+    assert a.grad == approx(math.exp(x))
+    assert out._op == 'exp'
+
+
+def test_op_custom(Value):
+    # a node made by the constructor, with a Python _backward: the lecture's way to add ops
+    a, b, c = Value(1.5), Value(-2.0), Value(0.5)
+    out = Value(a.data * b.data + c.data, (a, b, c), 'fma')
+
+    def _backward():
+        a.grad += b.data * out.grad
+        b.grad += a.data * out.grad
+        c.grad += out.grad
+    out._backward = _backward
+    y = out * 3.0
+    y.backward()
+    assert out._op == 'fma' and out._prev == {a, b, c}
+    assert (a.grad, b.grad, c.grad) == (approx(-6.0), approx(4.5), approx(3.0))
+
+
+def test_custom_without_backward_is_a_dead_end(Value):
+    a = Value(2.0)
+    out = Value(5.0, (a,), 'opaque')      # micrograd's default _backward does nothing
+    out.backward()
+    assert (out.grad, a.grad) == (1.0, 0.0)
+
+
+def test_neg_and_reflected_ops_build_micrograd_graphs(Value):
+    a = Value(A)
+    assert (-a)._op == '*' and sorted(v.data for v in (-a)._prev) == [-1.0, A]
+    assert (a - 2)._op == '+' and sorted(v.data for v in (a - 2)._prev) == [-2.0, A]
+    assert (2 - a)._op == '+'
+    assert (a / 4)._op == '*' and sorted(v.data for v in (a / 4)._prev) == [0.25, A]
+    assert {v._op for v in (4 / a)._prev} == {'**-1', ''}
+    assert {v._op for v in (a / a)._prev} == {'**-1', ''}
+
+
+@pytest.mark.parametrize("f", [
+    lambda x: (x * x + 3 * x).tanh(),
+    lambda x: (x ** 3 - x / 2).relu() + (2 * x).exp(),
+    lambda x: 1 / (1 + (-x).exp()),
+])
+def test_finite_differences(Value, f):
+    x0, h = 0.37, 1e-6
+    x = Value(x0)
+    y = f(x)
+    y.backward()
+    numeric = (f(Value(x0 + h)).data - f(Value(x0 - h)).data) / (2 * h)
+    assert x.grad == pytest.approx(numeric, rel=1e-7, abs=1e-9)

@@ -1,0 +1,321 @@
+"""The arena: growth, freeing, handles, failure paths, deep and wide graphs, threads."""
+import gc
+import pickle
+import random
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from fastgrad import nn
+
+core = pytest.importorskip("fastgrad._core")
+pytestmark = []
+
+
+def live():
+    gc.collect()
+    return core._tape_stats()["live"]
+
+
+@pytest.fixture
+def C():
+    """The compiled Value (these tests look inside its arena)."""
+    return core.Value
+
+
+compiled = pytest.mark.compiled
+
+
+def fresh(code):
+    """Runs code in a new interpreter, whose tape is small, so that growing it is cheap."""
+    out = subprocess.run([sys.executable, "-c", "from fastgrad._core import *\n" + code],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
+
+
+@compiled
+def test_growth_past_capacity_keeps_values():
+    fresh("""
+start = _tape_stats()["capacity"]
+xs = [Value(float(i)) for i in range(3 * start + 7)]
+total = sum(xs)
+assert _tape_stats()["capacity"] > start
+total.backward()
+assert total.data == sum(range(len(xs)))
+assert all(x.grad == 1.0 for x in xs)
+print("ok")
+""")
+
+
+@compiled
+def test_dropping_a_graph_returns_its_slots(C):
+    base = live()
+    a = C(1.0)
+    y = a
+    for _ in range(1000):
+        y = (y * 1.0001 + 0.5).tanh()
+    assert live() == base + 1 + 1000 * 5
+    del y
+    assert live() == base + 1
+    del a
+    assert live() == base
+
+
+@compiled
+def test_slots_are_reused(C):
+    xs = [C(1.0) * 2.0 for _ in range(100)]
+    size = core._tape_stats()["size"]
+    del xs
+    ys = [C(1.0) * 2.0 for _ in range(100)]
+    assert core._tape_stats()["size"] == size       # came from the free list
+    assert all(y.data == 2.0 for y in ys)
+
+
+@compiled
+def test_uninitialised_handle_raises(C):
+    v = C.__new__(C)
+    for read in (lambda: v.data, lambda: v.grad, lambda: v._prev, lambda: v.label,
+                 v.backward, lambda: v + 1, lambda: v.relu(), lambda: C(1.0) * v):
+        with pytest.raises(ValueError, match="never initialised"):
+            read()
+    del v                                          # and dies cleanly
+
+
+@compiled
+def test_init_twice_is_refused(C):
+    v = C(1.0)
+    with pytest.raises(TypeError):
+        v.__init__(2.0)
+    assert v.data == 1.0
+
+
+GROWTH_FAILURE = """
+import gc
+C = Value
+a = C(2.0)
+y = a * 3.0
+gc.collect()
+base = _tape_stats()["live"]
+st = _tape_stats()
+n = st["free"] + st["capacity"] - st["size"] + 1      # new nodes that force a growth
+_test_fail_allocs({fail_after})
+keep = []
+try:
+    for _ in range(n):
+        keep.append(C(1.0) + 1.0)
+    raise SystemExit("no MemoryError")
+except MemoryError:
+    pass
+finally:
+    _test_fail_allocs(-1)
+assert _tape_stats()["live"] == base + 3 * len(keep)   # each kept sum: two leaves and a '+'
+del keep
+y.backward()
+assert (y.data, a.grad) == (6.0, 3.0)
+z = [C(float(i)) for i in range(2 * n)]               # growth works again
+assert [v.data for v in z] == list(range(2 * n))
+print("ok")
+"""
+
+
+@compiled
+@pytest.mark.parametrize("fail_after", [0, 1, 5, 8])
+def test_failed_growth_raises_memoryerror_and_keeps_the_graph(fail_after):
+    fresh(GROWTH_FAILURE.format(fail_after=fail_after))
+
+
+@compiled
+def test_failed_ordering_allocation_leaves_no_marks(C):
+    a = C(1.0)
+    y = a
+    for _ in range(500):
+        y = y * 1.0 + a
+    core._test_fail_allocs(3)
+    try:
+        with pytest.raises(MemoryError):
+            y.backward()
+    finally:
+        core._test_fail_allocs(-1)
+    y.backward()                       # a stale visit mark would cut the sweep short
+    assert a.grad == 501.0
+
+
+@compiled
+def test_failed_allocation_in_constructor(C):
+    a, b, c = C(1.0), C(2.0), C(3.0)
+    base = live()
+    core._test_fail_allocs(0)
+    try:
+        with pytest.raises(MemoryError):
+            C(6.0, (a, b, c), 'three')            # the child list cannot be allocated
+    finally:
+        core._test_fail_allocs(-1)
+    assert live() == base
+
+
+@compiled
+def test_custom_backward_growing_the_arena_under_the_sweep():
+    fresh("""
+cap = _tape_stats()["capacity"]
+a = Value(0.5)
+made = []
+out = Value(a.data * 2, (a,), 'double')
+
+def _backward():
+    # builds enough nodes to reallocate every tape array in the middle of the sweep
+    made.append([Value(1.0) for _ in range(cap + 1)])
+    a.grad += 2 * out.grad
+out._backward = _backward
+y = (out * 3.0 + a).tanh()
+y.backward()
+assert _tape_stats()["capacity"] > cap
+dy = 1 - y.data ** 2
+assert abs(a.grad - dy * (3.0 * 2 + 1)) < 1e-12
+assert sum(v.data for v in made[0]) == cap + 1
+print("ok")
+""")
+
+
+@compiled
+def test_custom_node_keeps_its_backward_without_a_handle(C):
+    base = live()
+    a = C(3.0)
+
+    def square(v):
+        out = C(v.data ** 2, (v,), 'sq')
+
+        def _backward():
+            v.grad += 2 * v.data * out.grad
+        out._backward = _backward
+        return out
+    y = square(a) + 1.0                  # the 'sq' handle is dropped here
+    gc.collect()
+    y.backward()
+    assert a.grad == 6.0
+    (sq,) = [v for v in y._prev if v._op == 'sq']
+    assert sq._op == 'sq' and sq.grad == 1.0
+    del y, sq
+    assert live() == base + 1            # the closure cycle was collected with the node
+    del a
+    assert live() == base
+
+
+@compiled
+def test_exception_in_custom_backward_reaches_the_caller(C):
+    a = C(1.0)
+    out = C(2.0, (a,), 'boom')
+
+    def _backward():
+        raise RuntimeError("boom")
+    out._backward = _backward
+    y = out * a
+    with pytest.raises(RuntimeError, match="boom"):
+        y.backward()
+    z = a * 4.0                          # the arena is usable, marks are clear
+    z.backward()
+    assert z.grad == 1.0 and a.grad == 2.0 + 4.0
+
+
+def test_pickle_leaf_and_module(Value):
+    v = Value(1.5, label='w')
+    v.grad = -0.25
+    w = pickle.loads(pickle.dumps(v))
+    assert (w.data, w.grad, w.label) == (1.5, -0.25, 'w')
+    with pytest.raises(TypeError, match="leaf"):
+        pickle.dumps(v * 2)
+    random.seed(3)
+    m = nn.MLP(2, [3, 1])
+    m.parameters()[0].grad = 0.5
+    m2 = pickle.loads(pickle.dumps(m))
+    assert [(p.data, p.grad) for p in m2.parameters()] == [(p.data, p.grad) for p in m.parameters()]
+    assert repr(m2) == repr(m)
+
+
+def chain(Value, n):
+    x = Value(1.0)
+    y = x
+    for _ in range(n):
+        y = y * 1.0000001 + 0.5
+    return x, y
+
+
+@pytest.mark.parametrize("engine_n", [("compiled", 2_500_000), ("reference", 50_000)],
+                         ids=["compiled-10M-nodes", "reference-200k-nodes"])
+def test_deep_chain(engine_n, Value):
+    engine, steps = engine_n                  # four nodes per step
+    if (engine == "compiled") != (Value.__module__ == "fastgrad._core"):
+        pytest.skip("size is per engine")
+    x, y = chain(Value, steps)
+    y.backward()
+    assert x.grad == pytest.approx(1.0000001 ** steps, rel=1e-9)
+    del y                                     # freeing is iterative too
+    x2, y2 = chain(Value, 10)
+    y2.backward()
+    assert x2.grad == pytest.approx(1.0000001 ** 10)
+
+
+def test_wide_sum(Value):
+    n = 1_000_000 if Value.__module__ == "fastgrad._core" else 100_000
+    xs = [Value(1.0) for _ in range(n)]
+    s = sum(xs)
+    s.backward()
+    assert s.data == n
+    assert xs[0].grad == xs[-1].grad == 1.0
+
+
+def rss_kb():
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    import resource
+    return pages * resource.getpagesize() // 1024
+
+
+def demo_step(model, X, y, k):
+    scores = [model(list(x)) for x in X]
+    losses = [(1 + -yi * si).relu() for yi, si in zip(y, scores)]
+    loss = sum(losses) * (1.0 / len(losses)) + 1e-4 * sum(p * p for p in model.parameters())
+    model.zero_grad()
+    loss.backward()
+    lr = 1.0 - 0.9 * k / 100
+    for p in model.parameters():
+        p.data -= lr * p.grad
+    return loss.data
+
+
+def test_training_memory_is_flat():
+    random.seed(1)
+    model = nn.MLP(2, [16, 16, 1])
+    X = [(random.uniform(-1, 1), random.uniform(-1, 1)) for _ in range(8)]
+    y = [1 if a * b > 0 else -1 for a, b in X]
+    for k in range(200):
+        demo_step(model, X, y, k % 100)
+    gc.collect()
+    after_200 = rss_kb()
+    for k in range(1800):
+        demo_step(model, X, y, k % 100)
+    gc.collect()
+    assert rss_kb() - after_200 < 4 * 1024, "resident memory grew by more than 4 MB"
+
+
+def test_threads_build_and_backpropagate_separately(Value):
+    def work(seed, out):
+        rnd = random.Random(seed)
+        for _ in range(30):
+            xs = [Value(rnd.uniform(-1, 1)) for _ in range(20)]
+            y = sum((x * x).tanh() for x in xs)
+            y.backward()
+            out.append((y.data, [x.grad for x in xs]))
+
+    expected = {}
+    for seed in range(4):
+        expected[seed] = []
+        work(seed, expected[seed])
+    results = {seed: [] for seed in range(4)}
+    threads = [threading.Thread(target=work, args=(s, results[s])) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == expected
