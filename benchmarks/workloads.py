@@ -429,6 +429,26 @@ class LectureOp(Workload):
 
 WORKLOADS = {w.name: w for w in (Ops, Backward, MlpStep, Chain, Wide, LectureOp)}
 
+_made = {}
+
+
+def workload(name):
+    """The workload called name, made once (their inputs are costly to draw)."""
+    if name not in _made:
+        _made[name] = WORKLOADS[name]()
+    return _made[name]
+
+
+def reference_result(w):
+    """What the reference engine answers on workload w (the check for the others)."""
+    key = ("reference-result", w.name)
+    if key not in _made:
+        state = w.setup(engines()["reference"])
+        w.run(state)
+        _made[key] = w.result(state)
+    return _made[key]
+
+
 # which workload exercises each op (tests/test_opcodes.py checks that every op has one)
 COVERAGE = {
     Op.LEAF: "ops",

@@ -48,9 +48,11 @@ def test_same_public_surface(name):
 def test_same_constructor_and_class_doc():
     from fastgrad._core import Value as C
     R = reference.Value
-    assert C.__doc__ == R.__doc__
-    assert list(inspect.signature(R.__init__).parameters) == \
-        ['self', 'data', '_children', '_op', 'label']
+    # embedsignature puts the constructor's signature first, then the same docstring
+    signature, doc = C.__doc__.split("\n", 1)
+    assert signature == "Value(data, _children=(), _op='', label='')"
+    assert doc.strip() == R.__doc__.strip()
+    assert str(inspect.signature(R.__init__)) == "(self, data, _children=(), _op='', label='')"
     C(1.0, (), '', label='x')          # the same keywords work
 
 

@@ -30,7 +30,7 @@ compiled = pytest.mark.compiled
 
 def fresh(code):
     """Runs code in a new interpreter, whose tape is small, so that growing it is cheap."""
-    out = subprocess.run([sys.executable, "-c", "from fastgrad._core import *\n" + code],
+    out = subprocess.run([sys.executable, "-c", "from fastgrad._core import Value, _tape_stats, _test_fail_allocs\n" + code],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
 
