@@ -24,8 +24,11 @@ class Neuron(Module):
         self.nonlin = nonlin
 
     def __call__(self, x):
-        # sum() starting from b: the same chain of '+' nodes as micrograd builds
-        act = sum((wi * xi for wi, xi in zip(self.w, x)), self.b)
+        # micrograd's sum((wi*xi ...), self.b) builds b + w0*x0 + w1*x1 + ...; this loop
+        # builds exactly that chain of '+' nodes, without the generator's overhead
+        act = self.b
+        for wi, xi in zip(self.w, x):
+            act = act + wi * xi
         return act.relu() if self.nonlin else act
 
     def parameters(self):
