@@ -398,33 +398,39 @@ class Wide(Workload):
 
 
 class LectureOp(Workload):
-    """Ops added the lecture's way (Python _backward per node): a 20k-node tanh chain.
+    """Ops added the lecture's way (a Python _backward per node): 1,000 chains of 10
+    tanh(x * 1.5) steps, summed pairwise; backward (ns per node).
 
-    Shows what a custom op costs in the compiled sweep, which calls back into Python."""
+    Shows what a custom op costs in the compiled sweep, which calls back into Python.
+    Shallow enough for micrograd's recursive backward."""
     name, unit, scale = "lecture-op", "ns/node", 1e9
     engines = ("fastgrad", "reference", "micrograd")
     rounds = {"fastgrad": 5, "reference": 3, "micrograd": 3}
 
-    def __init__(self, n=20_000):
-        self.n = n
-        self.per = 2 * n
+    def __init__(self, chains=1000, depth=10):
+        self.chains, self.depth = chains, depth
+        self.per = chains * (1 + 3 * depth) + chains - 1   # leaf, then 1.5, '*', tanh per step
 
     def setup(self, engine):
         V = engine.Value
         tanh = lecture_unary(V, math.tanh, lambda t, x: 1 - t * t, "tanh")
-        x = V(0.3)
-        nodes = [x]
-        y = x
-        for _ in range(self.n):
-            y = tanh(y * 1.5)
-            nodes.append(y)
-        return engine, nodes
+        leaves = [V(0.001 * k) for k in range(self.chains)]
+        level = []
+        for x in leaves:
+            y = x
+            for _ in range(self.depth):
+                y = tanh(y * 1.5)
+            level.append(y)
+        while len(level) > 1:
+            level = [level[k] + level[k + 1] for k in range(0, len(level) - 1, 2)] + \
+                (level[-1:] if len(level) % 2 else [])
+        return engine, leaves + level
 
     def run(self, state):
         state[1][-1].backward()
 
     def result(self, state):
-        return [grad_of(state[1][0])]
+        return [grad_of(v) for v in state[1][:-1:97]]
 
 
 WORKLOADS = {w.name: w for w in (Ops, Backward, MlpStep, Chain, Wide, LectureOp)}
