@@ -61,3 +61,25 @@ def test_repr_and_identity_semantics(Value):
     assert repr(v) == "Value(data=2.0, grad=0.0)"
     w = Value(2.0)
     assert v != w and v == v and len({v, w, v}) == 2     # identity, as in micrograd
+
+
+def test_missing_extension_falls_back_with_a_warning():
+    # a fresh interpreter in which importing the extension fails, as on a machine where it
+    # was never built: fastgrad must warn and run on the reference engine
+    import subprocess
+    import sys
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['fastgrad._core'] = None\n"          # makes `import fastgrad._core` fail
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import fastgrad\n"
+        "from fastgrad.engine import Value\n"
+        "from fastgrad import reference\n"
+        "assert fastgrad.ENGINE == 'reference' and Value is reference.Value\n"
+        "assert any('reference engine' in str(x.message) for x in w), [str(x.message) for x in w]\n"
+        "y = Value(2.0) * 3.0; y.backward(); print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FASTGRAD_PUREPYTHON"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
