@@ -31,7 +31,6 @@ if not os.environ.get("FASTGRAD_PUREPYTHON"):
             extra_compile_args=["-O0", "-g"] if debug else ["-O3"],
         )],
         compiler_directives=directives,
-        compile_time_env={"FASTGRAD_DEBUG": debug},
     )
 
 setup(ext_modules=ext_modules)

@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-import fastgrad
 from fastgrad import reference
 
 PURE = bool(os.environ.get("FASTGRAD_PUREPYTHON"))
@@ -43,8 +42,3 @@ def Value(request):
     """The Value class of one engine."""
     return _compiled_value() if request.param == "compiled" else reference.Value
 
-
-@pytest.fixture
-def installed():
-    """fastgrad as imported by the tests: must be the installed package, not the tree."""
-    return fastgrad

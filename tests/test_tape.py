@@ -11,7 +11,6 @@ import pytest
 from fastgrad import nn
 
 core = pytest.importorskip("fastgrad._core")
-pytestmark = []
 
 
 def live():
