@@ -126,7 +126,7 @@ def test_failed_growth_raises_memoryerror_and_keeps_the_graph(fail_after):
 
 
 @compiled
-def test_failed_ordering_allocation_leaves_no_marks(C):
+def test_failed_ordering_allocation_leaves_no_counts(C):
     a = C(1.0)
     y = a
     for _ in range(500):
@@ -137,7 +137,7 @@ def test_failed_ordering_allocation_leaves_no_marks(C):
             y.backward()
     finally:
         core._test_fail_allocs(-1)
-    y.backward()                       # a stale visit mark would cut the sweep short
+    y.backward()                       # a stale parent count would cut the sweep short
     assert a.grad == 501.0
 
 

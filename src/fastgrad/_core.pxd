@@ -19,13 +19,13 @@ cpdef enum Op:
 
 # Bits of Tape.flags[i].
 cdef enum:
-    MARK = 1        # visited by the ordering pass in progress; clear between passes
-    HAS_LABEL = 2   # _labels holds this node's label
-    HAS_OPSTR = 4   # _opstrs holds this node's `_op` string
-    HAS_FN = 8      # the node's handle holds a Python _backward (so the handle exists)
-    PINNED = 16     # the tape holds a strong reference to the handle (HAS_FN and a parent)
-    POW_INT = 32    # POW: the exponent was an int, shown without a decimal point
-    POW_BOOL = 64   # POW: the exponent was a bool, shown as True/False
+    HAS_LABEL = 1   # _labels holds this node's label
+    HAS_OPSTR = 2   # _opstrs holds this node's `_op` string
+    HAS_FN = 4      # the node's handle holds a Python _backward (so the handle exists)
+    PINNED = 8      # the tape holds a strong reference to the handle (HAS_FN and a parent)
+    POW_INT = 16    # POW: the exponent was an int, shown without a decimal point
+    POW_BOOL = 32   # POW: the exponent was a bool, shown as True/False
+    FREE = 64       # the slot is on the free list
 
 # A CUSTOM node's children: kids[0] is their number n, kids[1..n] the slots.
 ctypedef union param_t:
@@ -37,12 +37,13 @@ ctypedef union param_t:
 #   - a slot is live while its handle lives or a live parent names it as a child; then
 #     refs[i] = (number of child references to i from live parents, counted once per
 #     edge, so `a + a` counts 2) + (1 if handle[i] is not NULL);
-#   - a live slot's index never moves; free slots form a list threaded through lhs;
+#   - a live slot's index never moves; free slots have the FREE flag and form a list
+#     threaded through lhs, sorted by index whenever half the arena has been freed;
 #   - lhs/rhs are -1 where the op has fewer children; CUSTOM keeps its children in
 #     param[i].kids and has lhs = rhs = -1;
 #   - children of a node were created before it, but slot reuse means index order is not
-#     topological order: backward orders by depth-first search;
-#   - flags[i] & MARK is 0 outside an ordering pass.
+#     topological order: backward orders the reachable nodes with Kahn's algorithm;
+#   - waiting[i] is 0 outside an ordering pass.
 cdef struct Tape:
     real_t* value       # value[i]: the node's data (forward result)
     real_t* grad        # grad[i]: d(root)/d(node), accumulated by the reverse sweep
@@ -50,13 +51,15 @@ cdef struct Tape:
     node_t* lhs         # lhs[i]: first child, -1 if none; next free slot when free
     node_t* rhs         # rhs[i]: second child, -1 if none
     int32_t* refs       # refs[i]: parent edges + live handle, as above; 0 when free
+    int32_t* waiting    # waiting[i]: during ordering, reachable parents not yet ordered
     uint8_t* op         # op[i]: an Op code
-    uint8_t* flags      # flags[i]: MARK | HAS_LABEL | ... bits
+    uint8_t* flags      # flags[i]: HAS_LABEL | HAS_OPSTR | ... bits
     PyObject** handle   # handle[i]: borrowed pointer to the live Value handle, or NULL
     node_t size         # slots [0, size) have been handed out at least once
     node_t capacity     # length of every array
     node_t free_head    # first free slot below size, or -1
     node_t live         # number of live slots
+    node_t freed        # slots freed since the free list was last sorted
 
 # A growable list of slots, the scratch space of ordering passes.
 cdef struct NodeList:
@@ -69,6 +72,6 @@ cdef struct NodeList:
 cdef int reserve(node_t n) except -1             # room for n more slots
 cdef node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexcept  # after reserve
 cdef void release(node_t i) noexcept             # drop one reference to i, free what dies
-cdef int order(node_t root, NodeList* out) except -1  # reachable nodes, children first
-cdef int sweep(NodeList* topo) except -1         # reverse sweep; -1 if a _backward raised
+cdef int order(node_t root, NodeList* out) except -1  # reachable nodes, parents first
+cdef int sweep(NodeList* topo) except -1         # rules in topo order; -1 if a _backward raised
 cdef int apply_rule(node_t i) except -1          # node i's local chain rule

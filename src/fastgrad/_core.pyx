@@ -89,6 +89,7 @@ cdef int grow(node_t needed) except -1:
     safe_realloc(<void**>&T.lhs, cap, sizeof(node_t))
     safe_realloc(<void**>&T.rhs, cap, sizeof(node_t))
     safe_realloc(<void**>&T.refs, cap, sizeof(int32_t))
+    safe_realloc(<void**>&T.waiting, cap, sizeof(int32_t))
     safe_realloc(<void**>&T.op, cap, sizeof(uint8_t))
     safe_realloc(<void**>&T.flags, cap, sizeof(uint8_t))
     safe_realloc(<void**>&T.handle, cap, sizeof(PyObject*))
@@ -148,8 +149,9 @@ cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexce
     T.lhs[i] = lhs
     T.rhs[i] = rhs
     T.refs[i] = 0
+    T.waiting[i] = 0
     T.op[i] = op
-    T.flags[i] = 0
+    T.flags[i] = 0                      # also clears FREE
     T.handle[i] = NULL
     T.live += 1
     if lhs >= 0:
@@ -209,12 +211,32 @@ cdef void release(node_t i) noexcept:
         if T.flags[j] & HAS_OPSTR:
             _opstrs.pop(j, None)
         T.refs[j] = 0
-        T.flags[j] = 0
+        T.flags[j] = FREE
         T.op[j] = LEAF
         T.rhs[j] = -1
         T.lhs[j] = T.free_head
         T.free_head = j
         T.live -= 1
+        T.freed += 1
+    if T.freed > T.size // 2:
+        sort_free_list()
+
+
+cdef void sort_free_list() noexcept nogil:
+    """Rethreads the free list in increasing slot order.
+
+    Freeing pushes slots in the order a graph dies, so a graph built from a long free list
+    lands scattered over the arena, and every pass over it misses the cache. In slot
+    order, consecutive new nodes sit side by side again. Runs once more than half the
+    slots have been freed since the last time, so its O(size) scan is O(1) per free.
+    """
+    cdef node_t j, head = -1
+    for j in range(T.size - 1, -1, -1):
+        if T.flags[j] & FREE:
+            T.lhs[j] = head
+            head = j
+    T.free_head = head
+    T.freed = 0
 
 
 # ------------------------------------------------------------------------------- ops
@@ -302,7 +324,7 @@ cdef int custom_backward(node_t i) except -1:
     return 0
 
 
-cdef inline int apply_rule(node_t i) except -1:
+cdef inline void builtin_rule(node_t i) noexcept nogil:
     cdef uint8_t o = T.op[i]
     if o == ADD:
         add_backward(i)
@@ -316,101 +338,185 @@ cdef inline int apply_rule(node_t i) except -1:
         tanh_backward(i)
     elif o == EXP:
         exp_backward(i)
-    elif o == CUSTOM:
+
+
+cdef inline int apply_rule(node_t i) except -1:
+    if T.op[i] == CUSTOM:
         custom_backward(i)
+    else:
+        builtin_rule(i)
     return 0
 
 
 # ------------------------------------------------------------------ ordering, sweep
 
 # How far ahead the loops below prefetch. The graph is a DAG scattered over the arrays,
-# so each node costs a few cache misses; fetching them early overlaps their latencies.
+# so each node costs a few cache misses; the passes below walk queues whose next entries
+# are known, so their misses can be started early and overlap.
 cdef enum:
     AHEAD = 16
 
+
 cdef inline void prefetch_node(node_t i) noexcept nogil:
     prefetch(&T.op[i])
-    prefetch(&T.flags[i])
     prefetch(&T.lhs[i])
     prefetch(&T.rhs[i])
 
 
-cdef int order(node_t root, NodeList* out) except -1:
-    """Appends the nodes reachable from root to out, every node after its children.
+cdef inline void prefetch_children(node_t i, bint values) noexcept nogil:
+    """Prefetches what a pass reads of i's children: their waiting counts, or their
+    grads and values (the sweep). CUSTOM children are not prefetched."""
+    cdef node_t c = T.lhs[i]
+    if c >= 0:
+        if values:
+            prefetch(&T.grad[c])
+            prefetch(&T.value[c])
+        else:
+            prefetch(&T.waiting[c])
+    c = T.rhs[i]
+    if c >= 0:
+        if values:
+            prefetch(&T.grad[c])
+            prefetch(&T.value[c])
+        else:
+            prefetch(&T.waiting[c])
 
-    Depth-first with an explicit stack, never recursion. An entry v >= 0 on the stack is
-    a node to expand; ~v marks a node whose children are all done. A child is pushed even
-    if already marked (its mark is checked when it is popped, by when its prefetch has
-    landed). MARK bits are set on the way and cleared before returning, also on failure.
+
+cdef inline void prefetch_ahead(node_t* queue, Py_ssize_t h, Py_ssize_t size, bint values) noexcept nogil:
+    if h + AHEAD < size:                # far ahead: the node's own fields
+        prefetch_node(queue[h + AHEAD])
+        if values:
+            prefetch(&T.grad[queue[h + AHEAD]])
+            prefetch(&T.value[queue[h + AHEAD]])
+            prefetch(&T.param[queue[h + AHEAD]])
+    if h + AHEAD // 2 < size:           # nearer: its children, now that lhs/rhs are in
+        prefetch_children(queue[h + AHEAD // 2], values)
+
+
+cdef int count_parents(node_t root, NodeList* queue) except -1:
+    """Enqueues every node reachable from root once (root first) and sets waiting[c] to
+    the number of edges into c from reachable parents. Returns 1 if a reachable node is
+    CUSTOM (its rule may run Python code), else 0. On failure every count is back to 0.
     """
-    cdef NodeList stack
-    cdef node_t v, c, k, n
+    cdef Py_ssize_t h = 0, k, n
+    cdef node_t v, c
     cdef node_t* kids
-    cdef Py_ssize_t s
-    memset(&stack, 0, sizeof(NodeList))
+    cdef int custom = 0
+    queue.size = 0
     try:
-        list_push(&stack, root)
-        while stack.size:
-            v = stack.items[stack.size - 1]
-            if v < 0:
-                list_push(out, ~v)      # before popping: a marked node is never lost
-                stack.size -= 1
-                continue
-            if T.flags[v] & MARK:       # reached again through another parent
-                stack.size -= 1
-                continue
-            T.flags[v] |= MARK
-            stack.items[stack.size - 1] = ~v
+        list_push(queue, root)
+        while h < queue.size:
+            prefetch_ahead(queue.items, h, queue.size, False)
+            v = queue.items[h]
+            h += 1
             if T.op[v] == CUSTOM:
+                custom = 1
                 kids = T.param[v].kids
                 n = kids[0] if kids != NULL else 0
                 for k in range(1, n + 1):
-                    prefetch_node(kids[k])
-                    list_push(&stack, kids[k])
+                    c = kids[k]
+                    if T.waiting[c] == 0:
+                        list_push(queue, c)
+                    T.waiting[c] += 1
             else:
                 c = T.lhs[v]
                 if c >= 0:
-                    prefetch_node(c)
-                    list_push(&stack, c)
+                    if T.waiting[c] == 0:
+                        list_push(queue, c)
+                    T.waiting[c] += 1
                 c = T.rhs[v]
                 if c >= 0:
-                    prefetch_node(c)
-                    list_push(&stack, c)
-    finally:
-        # every marked node is either in out or on the stack as ~v
-        for s in range(out.size):
-            if s + AHEAD < out.size:
-                prefetch(&T.flags[out.items[s + AHEAD]])
-            T.flags[out.items[s]] &= ~MARK
-        for s in range(stack.size):
-            if stack.items[s] < 0:
-                T.flags[~stack.items[s]] &= ~MARK
-        PyMem_Free(stack.items)
+                    if T.waiting[c] == 0:
+                        list_push(queue, c)
+                    T.waiting[c] += 1
+    except MemoryError:
+        # a node's count is raised only after it was enqueued
+        for k in range(queue.size):
+            T.waiting[queue.items[k]] = 0
+        raise
+    return custom
+
+
+cdef inline void release_children(node_t v, node_t* queue, Py_ssize_t* t) noexcept nogil:
+    """Counts v as done for each child; a child whose parents are all done is enqueued."""
+    cdef node_t c, k, n
+    cdef node_t* kids
+    if T.op[v] == CUSTOM:
+        kids = T.param[v].kids
+        n = kids[0] if kids != NULL else 0
+        for k in range(1, n + 1):
+            c = kids[k]
+            T.waiting[c] -= 1
+            if T.waiting[c] == 0:
+                queue[t[0]] = c
+                t[0] += 1
+        return
+    c = T.lhs[v]
+    if c >= 0:
+        T.waiting[c] -= 1
+        if T.waiting[c] == 0:
+            queue[t[0]] = c
+            t[0] += 1
+    c = T.rhs[v]
+    if c >= 0:
+        T.waiting[c] -= 1
+        if T.waiting[c] == 0:
+            queue[t[0]] = c
+            t[0] += 1
+
+
+cdef int order(node_t root, NodeList* out) except -1:
+    """Fills out with the nodes reachable from root, every node before its children.
+
+    Kahn's algorithm over one breadth-first queue (no recursion, no stack): count_parents,
+    then from the root again a node is enqueued once its last parent has been, which
+    brings every waiting[c] back to 0. The second pass rewrites the same queue (the same
+    nodes), so it cannot fail.
+    """
+    cdef Py_ssize_t h = 0, t = 1
+    count_parents(root, out)
+    while h < t:
+        prefetch_ahead(out.items, h, t, False)
+        release_children(out.items[h], out.items, &t)
+        h += 1
     return 0
 
 
 cdef int sweep(NodeList* topo) except -1:
-    """Applies every node's rule, parents before children."""
+    """Applies every node's rule, in topo's order (parents first)."""
     cdef Py_ssize_t s
-    cdef node_t j, c
-    for s in range(topo.size - 1, -1, -1):
-        if s >= AHEAD:                  # the node after next few: its own fields
-            j = topo.items[s - AHEAD]
-            prefetch_node(j)
-            prefetch(&T.grad[j])
-            prefetch(&T.value[j])
-            prefetch(&T.param[j])
-        if s >= AHEAD // 2:             # nearer: its children's fields, now that lhs/rhs are in
-            j = topo.items[s - AHEAD // 2]
-            c = T.lhs[j]
-            if c >= 0:
-                prefetch(&T.grad[c])
-                prefetch(&T.value[c])
-            c = T.rhs[j]
-            if c >= 0:
-                prefetch(&T.grad[c])
-                prefetch(&T.value[c])
+    for s in range(topo.size):
+        prefetch_ahead(topo.items, s, topo.size, True)
         apply_rule(topo.items[s])
+    return 0
+
+
+cdef int backward_from(node_t root) except -1:
+    """micrograd's backward: root.grad = 1, then every reachable node's rule, each node
+    after all its parents. Without CUSTOM nodes, ordering and sweep are one pass: a node
+    is swept as soon as its last parent has been. With them, the order is finished first
+    (waiting[] all 0 again), since their Python code may start another backward."""
+    cdef NodeList queue
+    cdef Py_ssize_t h = 0, t = 1
+    memset(&queue, 0, sizeof(NodeList))
+    try:
+        if count_parents(root, &queue):
+            h = 0
+            while h < t:
+                prefetch_ahead(queue.items, h, t, False)
+                release_children(queue.items[h], queue.items, &t)
+                h += 1
+            T.grad[root] = 1.0
+            sweep(&queue)
+        else:
+            T.grad[root] = 1.0
+            while h < t:
+                prefetch_ahead(queue.items, h, t, True)
+                builtin_rule(queue.items[h])
+                release_children(queue.items[h], queue.items, &t)
+                h += 1
+    finally:
+        PyMem_Free(queue.items)
     return 0
 
 
@@ -699,15 +805,7 @@ cdef class Value:
         return other * self**-1
 
     def backward(self):
-        cdef NodeList topo
-        cdef node_t i = check_slot(self)
-        memset(&topo, 0, sizeof(NodeList))
-        try:
-            order(i, &topo)
-            T.grad[i] = 1.0
-            sweep(&topo)
-        finally:
-            PyMem_Free(topo.items)
+        backward_from(check_slot(self))
 
     def __repr__(self):
         return f"Value(data={self.data}, grad={self.grad})"
