@@ -27,7 +27,7 @@ cdef enum:
     POW_BOOL = 32   # POW: the exponent was a bool, shown as True/False
     FREE = 64       # the slot is on the free list
 
-# node[-1].waiting: never reaches 0, however many passes count and uncount it.
+# waiting[-1]: never reaches 0, however many passes count and uncount it.
 cdef enum:
     NO_PARENTS = 1 << 30
 
@@ -36,36 +36,31 @@ ctypedef union param_t:
     real_t exponent   # POW: the constant exponent k
     node_t* kids      # CUSTOM: malloc'd child list (NULL when it has no children)
 
-# What the ordering passes and the sweep read of a node, packed into one 32-byte record:
-# they walk a DAG scattered over the arena, and are bound by the cache lines they touch
-# (one record is one line at most; as separate arrays these fields were seven).
-ctypedef struct Node:
-    real_t value        # the node's data (forward result)
-    real_t grad         # d(root)/d(node), accumulated by the sweep
-    node_t lhs          # first child, -1 if none; the next free slot when free
-    node_t rhs          # second child, -1 if none
-    int32_t waiting     # during ordering: reachable parents not yet ordered; else 0
-    uint8_t op          # an Op code
-    uint8_t flags       # HAS_LABEL | HAS_OPSTR | ... bits
-
 # The arena: one element of each array per slot.
 # Invariants:
 #   - a slot is live while its handle lives or a live parent names it as a child; then
 #     refs[i] = (number of child references to i from live parents, counted once per
 #     edge, so `a + a` counts 2) + (1 if handle[i] is not NULL);
 #   - a live slot's index never moves; free slots have the FREE flag and form a list
-#     threaded through node[i].lhs, sorted by index whenever half the arena was freed;
+#     threaded through lhs, sorted by index whenever half the arena has been freed;
 #   - lhs/rhs are -1 where the op has fewer children; CUSTOM keeps its children in
 #     param[i].kids and has lhs = rhs = -1;
 #   - children of a node were created before it, but slot reuse means index order is not
 #     topological order: backward orders the reachable nodes with Kahn's algorithm;
-#   - node[i].waiting is 0 outside an ordering pass.
+#   - waiting[i] is 0 outside an ordering pass.
 cdef struct Tape:
-    Node* node_block    # the allocation of node; its first record is node[-1], a sentinel
-                        # that stands for "no child" so ordering passes need no branch
-    Node* node          # node[i]: value, grad, children, op code, flags; node_block + 1
+    real_t* value       # value[i]: the node's data (forward result)
+    real_t* grad        # grad[i]: d(root)/d(node), accumulated by the reverse sweep
     param_t* param      # param[i]: POW exponent or CUSTOM child list
+    node_t* lhs         # lhs[i]: first child, -1 if none; next free slot when free
+    node_t* rhs         # rhs[i]: second child, -1 if none
     int32_t* refs       # refs[i]: parent edges + live handle, as above; 0 when free
+    int32_t* waiting_block  # the allocation of waiting; its first element is waiting[-1],
+                        # which never reaches 0, so that -1 ("no child") needs no branch
+    int32_t* waiting    # waiting[i]: during ordering, reachable parents not yet ordered;
+                        # 0 outside ordering (waiting_block + 1)
+    uint8_t* op         # op[i]: an Op code
+    uint8_t* flags      # flags[i]: HAS_LABEL | HAS_OPSTR | ... bits
     PyObject** handle   # handle[i]: borrowed pointer to the live Value handle, or NULL
     node_t size         # slots [0, size) have been handed out at least once
     node_t capacity     # length of every array

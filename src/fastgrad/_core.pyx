@@ -83,13 +83,17 @@ cdef int grow(node_t needed) except -1:
         raise MemoryError("fastgrad: the tape is full (2**31 - 1 nodes)")
     # Each array is resized in turn; if one fails the earlier ones are merely larger than
     # `capacity` says, which is harmless.
-    safe_realloc(<void**>&T.node_block, cap + 1, sizeof(Node))
-    T.node = T.node_block + 1
-    T.node_block[0].waiting = NO_PARENTS    # node[-1], the sentinel (see Tape.node_block)
-    T.node_block[0].lhs = T.node_block[0].rhs = -1
-    T.node_block[0].op = LEAF
+    safe_realloc(<void**>&T.value, cap, sizeof(real_t))
+    safe_realloc(<void**>&T.grad, cap, sizeof(real_t))
     safe_realloc(<void**>&T.param, cap, sizeof(param_t))
+    safe_realloc(<void**>&T.lhs, cap, sizeof(node_t))
+    safe_realloc(<void**>&T.rhs, cap, sizeof(node_t))
     safe_realloc(<void**>&T.refs, cap, sizeof(int32_t))
+    safe_realloc(<void**>&T.waiting_block, cap + 1, sizeof(int32_t))
+    T.waiting = T.waiting_block + 1
+    T.waiting_block[0] = NO_PARENTS     # waiting[-1]: "no child" (see Tape.waiting_block)
+    safe_realloc(<void**>&T.op, cap, sizeof(uint8_t))
+    safe_realloc(<void**>&T.flags, cap, sizeof(uint8_t))
     safe_realloc(<void**>&T.handle, cap, sizeof(PyObject*))
     T.capacity = <node_t>cap
     return 0
@@ -124,12 +128,12 @@ cdef inline void pin(node_t c) noexcept:
     # while a parent names it. The handle is GC-tracked, so once unpinned the cycle
     # handle -> function -> closure -> handle is collected like micrograd's.
     incref(T.handle[c])
-    T.node[c].flags |= PINNED
+    T.flags[c] |= PINNED
 
 
 cdef inline void add_ref(node_t c) noexcept:
     T.refs[c] += 1
-    if (T.node[c].flags & (HAS_FN | PINNED)) == HAS_FN:
+    if (T.flags[c] & (HAS_FN | PINNED)) == HAS_FN:
         pin(c)
 
 
@@ -137,19 +141,19 @@ cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexce
     cdef node_t i
     if T.free_head >= 0:
         i = T.free_head
-        T.free_head = T.node[i].lhs
+        T.free_head = T.lhs[i]
     else:
         i = T.size
         T.size += 1
-    T.node[i].value = value
-    T.node[i].grad = 0.0
+    T.value[i] = value
+    T.grad[i] = 0.0
     T.param[i].exponent = 0.0
-    T.node[i].lhs = lhs
-    T.node[i].rhs = rhs
+    T.lhs[i] = lhs
+    T.rhs[i] = rhs
     T.refs[i] = 0
-    T.node[i].waiting = 0
-    T.node[i].op = op
-    T.node[i].flags = 0                      # also clears FREE
+    T.waiting[i] = 0
+    T.op[i] = op
+    T.flags[i] = 0                      # also clears FREE
     T.handle[i] = NULL
     T.live += 1
     if lhs >= 0:
@@ -164,11 +168,11 @@ cdef inline bint drop_ref(node_t c) noexcept:
     T.refs[c] -= 1
     if T.refs[c] == 0:
         return True
-    if T.refs[c] == 1 and T.node[c].flags & PINNED:
+    if T.refs[c] == 1 and T.flags[c] & PINNED:
         # Only the handle is left: the tape stops holding it. This may run Python code
         # (the handle's function can die), which may build or free other nodes, so
         # callers re-read the tape's arrays afterwards rather than caching them.
-        T.node[c].flags &= ~PINNED
+        T.flags[c] &= ~PINNED
         decref(T.handle[c])
     return False
 
@@ -185,7 +189,7 @@ cdef void release(node_t i) noexcept:
     while pending != -1:
         j = pending
         pending = T.refs[j]
-        if T.node[j].op == CUSTOM:
+        if T.op[j] == CUSTOM:
             kids = T.param[j].kids
             T.param[j].kids = NULL
             n = kids[0] if kids != NULL else 0
@@ -196,23 +200,23 @@ cdef void release(node_t i) noexcept:
                     pending = c
             PyMem_Free(kids)
         else:
-            c = T.node[j].lhs
+            c = T.lhs[j]
             if c >= 0 and drop_ref(c):
                 T.refs[c] = pending
                 pending = c
-            c = T.node[j].rhs
+            c = T.rhs[j]
             if c >= 0 and drop_ref(c):
                 T.refs[c] = pending
                 pending = c
-        if T.node[j].flags & HAS_LABEL:
+        if T.flags[j] & HAS_LABEL:
             _labels.pop(j, None)
-        if T.node[j].flags & HAS_OPSTR:
+        if T.flags[j] & HAS_OPSTR:
             _opstrs.pop(j, None)
         T.refs[j] = 0
-        T.node[j].flags = FREE
-        T.node[j].op = LEAF
-        T.node[j].rhs = -1
-        T.node[j].lhs = T.free_head
+        T.flags[j] = FREE
+        T.op[j] = LEAF
+        T.rhs[j] = -1
+        T.lhs[j] = T.free_head
         T.free_head = j
         T.live -= 1
         T.freed += 1
@@ -230,8 +234,8 @@ cdef void sort_free_list() noexcept nogil:
     """
     cdef node_t j, head = -1
     for j in range(T.size - 1, -1, -1):
-        if T.node[j].flags & FREE:
-            T.node[j].lhs = head
+        if T.flags[j] & FREE:
+            T.lhs[j] = head
             head = j
     T.free_head = head
     T.freed = 0
@@ -246,9 +250,9 @@ cdef inline real_t add_forward(real_t a, real_t b) noexcept nogil:
     return a + b
 
 cdef inline void add_backward(node_t i) noexcept nogil:
-    cdef real_t g = T.node[i].grad
-    T.node[T.node[i].lhs].grad += g
-    T.node[T.node[i].rhs].grad += g
+    cdef real_t g = T.grad[i]
+    T.grad[T.lhs[i]] += g
+    T.grad[T.rhs[i]] += g
 
 
 # MUL: out = a * b
@@ -256,10 +260,10 @@ cdef inline real_t mul_forward(real_t a, real_t b) noexcept nogil:
     return a * b
 
 cdef inline void mul_backward(node_t i) noexcept nogil:
-    cdef real_t g = T.node[i].grad
-    cdef node_t a = T.node[i].lhs, b = T.node[i].rhs
-    T.node[a].grad += T.node[b].value * g
-    T.node[b].grad += T.node[a].value * g
+    cdef real_t g = T.grad[i]
+    cdef node_t a = T.lhs[i], b = T.rhs[i]
+    T.grad[a] += T.value[b] * g
+    T.grad[b] += T.value[a] * g
 
 
 # POW: out = a ** k, with Python's float semantics for the forward value
@@ -278,9 +282,9 @@ cdef inline void pow_backward(node_t i) noexcept nogil:
     # IEEE pow here (inf or nan, never an exception) since a sweep cannot stop halfway;
     # for k = 2, pow(a, 1) is exactly a, so the call is skipped without changing a bit
     cdef real_t k = T.param[i].exponent
-    cdef node_t a = T.node[i].lhs
-    cdef real_t d = 2.0 * T.node[a].value if k == 2.0 else k * pow(T.node[a].value, k - 1.0)
-    T.node[a].grad += d * T.node[i].grad
+    cdef node_t a = T.lhs[i]
+    cdef real_t d = 2.0 * T.value[a] if k == 2.0 else k * pow(T.value[a], k - 1.0)
+    T.grad[a] += d * T.grad[i]
 
 
 # RELU: out = 0 if a < 0 else a (micrograd keeps -0.0 and nan as they are)
@@ -289,7 +293,7 @@ cdef inline real_t relu_forward(real_t a) noexcept nogil:
 
 cdef inline void relu_backward(node_t i) noexcept nogil:
     # (out > 0) * g, not a branch: 0 * inf must stay nan as in micrograd
-    T.node[T.node[i].lhs].grad += (<real_t>(T.node[i].value > 0.0)) * T.node[i].grad
+    T.grad[T.lhs[i]] += (<real_t>(T.value[i] > 0.0)) * T.grad[i]
 
 
 # TANH: out = tanh(a); C's tanh saturates to +-1 instead of overflowing
@@ -297,8 +301,8 @@ cdef inline real_t tanh_forward(real_t a) noexcept nogil:
     return tanh(a)
 
 cdef inline void tanh_backward(node_t i) noexcept nogil:
-    cdef real_t t = T.node[i].value
-    T.node[T.node[i].lhs].grad += (1.0 - t * t) * T.node[i].grad
+    cdef real_t t = T.value[i]
+    T.grad[T.lhs[i]] += (1.0 - t * t) * T.grad[i]
 
 
 # EXP: out = exp(a), raising OverflowError as math.exp does
@@ -309,13 +313,13 @@ cdef int exp_forward(real_t a, real_t* out) except -1:
     return 0
 
 cdef inline void exp_backward(node_t i) noexcept nogil:
-    T.node[T.node[i].lhs].grad += T.node[i].value * T.node[i].grad
+    T.grad[T.lhs[i]] += T.value[i] * T.grad[i]
 
 
 # CUSTOM: Value(data, children, op); its rule is its Python _backward, if it has one
 cdef int custom_backward(node_t i) except -1:
     cdef Value h
-    if T.node[i].flags & HAS_FN:
+    if T.flags[i] & HAS_FN:
         h = <Value>T.handle[i]
         if h._fn is not None:
             h._fn()
@@ -323,7 +327,7 @@ cdef int custom_backward(node_t i) except -1:
 
 
 cdef inline void builtin_rule(node_t i) noexcept nogil:
-    cdef uint8_t o = T.node[i].op
+    cdef uint8_t o = T.op[i]
     if o == ADD:
         add_backward(i)
     elif o == MUL:
@@ -339,7 +343,7 @@ cdef inline void builtin_rule(node_t i) noexcept nogil:
 
 
 cdef inline int apply_rule(node_t i) except -1:
-    if T.node[i].op == CUSTOM:
+    if T.op[i] == CUSTOM:
         custom_backward(i)
     else:
         builtin_rule(i)
@@ -348,21 +352,47 @@ cdef inline int apply_rule(node_t i) except -1:
 
 # ------------------------------------------------------------------ ordering, sweep
 
-# How far ahead the loops below prefetch. The graph is a DAG scattered over the arena, so
-# each node costs a cache miss or two; the passes below walk queues whose next entries are
-# known, so their misses can be started early and overlap.
+# How far ahead the loops below prefetch. The graph is a DAG scattered over the arrays,
+# so each node costs a few cache misses; the passes below walk queues whose next entries
+# are known, so their misses can be started early and overlap.
 cdef enum:
     AHEAD = 16
 
 
-cdef inline void prefetch_ahead(node_t* queue, Py_ssize_t h, Py_ssize_t size) noexcept nogil:
-    cdef node_t v, c
-    if h + AHEAD < size:                # far ahead: the node's own record
-        prefetch(&T.node[queue[h + AHEAD]])
-    if h + AHEAD // 2 < size:           # nearer: its children's, now that lhs/rhs are in
-        v = queue[h + AHEAD // 2]
-        prefetch(&T.node[T.node[v].lhs])
-        prefetch(&T.node[T.node[v].rhs])
+cdef inline void prefetch_node(node_t i) noexcept nogil:
+    prefetch(&T.op[i])
+    prefetch(&T.lhs[i])
+    prefetch(&T.rhs[i])
+
+
+cdef inline void prefetch_children(node_t i, bint values) noexcept nogil:
+    """Prefetches what a pass reads of i's children: their waiting counts, or their
+    grads and values (the sweep). CUSTOM children are not prefetched."""
+    cdef node_t c = T.lhs[i]
+    if c >= 0:
+        if values:
+            prefetch(&T.grad[c])
+            prefetch(&T.value[c])
+        else:
+            prefetch(&T.waiting[c])
+    c = T.rhs[i]
+    if c >= 0:
+        if values:
+            prefetch(&T.grad[c])
+            prefetch(&T.value[c])
+        else:
+            prefetch(&T.waiting[c])
+
+
+cdef inline void prefetch_ahead(node_t* queue, Py_ssize_t h, Py_ssize_t size, bint values) noexcept nogil:
+    if h + AHEAD < size:                # far ahead: the node's own fields
+        prefetch_node(queue[h + AHEAD])
+        if values:
+            prefetch(&T.grad[queue[h + AHEAD]])
+            prefetch(&T.value[queue[h + AHEAD]])
+            prefetch(&T.param[queue[h + AHEAD]])
+    if h + AHEAD // 2 < size:           # nearer: its children, now that lhs/rhs are in
+        prefetch_children(queue[h + AHEAD // 2], values)
 
 
 cdef int count_parents(node_t root, NodeList* queue) except -1:
@@ -378,36 +408,36 @@ cdef int count_parents(node_t root, NodeList* queue) except -1:
     try:
         list_push(queue, root)
         while h < queue.size:
-            prefetch_ahead(queue.items, h, queue.size)
+            prefetch_ahead(queue.items, h, queue.size, False)
             v = queue.items[h]
             h += 1
-            if T.node[v].op == CUSTOM:
+            if T.op[v] == CUSTOM:
                 custom = 1
                 kids = T.param[v].kids
                 n = kids[0] if kids != NULL else 0
                 for k in range(1, n + 1):
                     c = kids[k]
-                    if T.node[c].waiting == 0:
+                    if T.waiting[c] == 0:
                         list_push(queue, c)
-                    T.node[c].waiting += 1
+                    T.waiting[c] += 1
             else:
-                # branch-free: a missing child is -1, the sentinel, whose count is never 0;
-                # the slot at queue.size is always written, and kept if the child is new
+                # branch-free: a missing child is -1, whose count is never 0; the slot at
+                # queue.size is always written, and kept if the child is new
                 if queue.size + 2 > queue.capacity:
                     list_grow(queue)
-                c = T.node[v].lhs
+                c = T.lhs[v]
                 queue.items[queue.size] = c
-                queue.size += T.node[c].waiting == 0
-                T.node[c].waiting += 1
-                c = T.node[v].rhs
+                queue.size += T.waiting[c] == 0
+                T.waiting[c] += 1
+                c = T.rhs[v]
                 queue.items[queue.size] = c
-                queue.size += T.node[c].waiting == 0
-                T.node[c].waiting += 1
+                queue.size += T.waiting[c] == 0
+                T.waiting[c] += 1
     except MemoryError:
         # a node's count is raised only after it was enqueued
         for k in range(queue.size):
-            T.node[queue.items[k]].waiting = 0
-        T.node_block[0].waiting = NO_PARENTS
+            T.waiting[queue.items[k]] = 0
+        T.waiting_block[0] = NO_PARENTS
         raise
     return custom
 
@@ -416,26 +446,26 @@ cdef inline void release_children(node_t v, node_t* queue, Py_ssize_t* t) noexce
     """Counts v as done for each child; a child whose parents are all done is enqueued."""
     cdef node_t c, k, n
     cdef node_t* kids
-    if T.node[v].op == CUSTOM:
+    if T.op[v] == CUSTOM:
         kids = T.param[v].kids
         n = kids[0] if kids != NULL else 0
         for k in range(1, n + 1):
             c = kids[k]
-            T.node[c].waiting -= 1
-            if T.node[c].waiting == 0:
+            T.waiting[c] -= 1
+            if T.waiting[c] == 0:
                 queue[t[0]] = c
                 t[0] += 1
         return
-    # a missing child is the sentinel, as in count_parents; the enqueue stays a branch
-    # (predicted well on regular graphs, where a data dependency through t would not be)
-    c = T.node[v].lhs
-    T.node[c].waiting -= 1
-    if T.node[c].waiting == 0:
+    # a missing child is -1, as in count_parents; the enqueue stays a branch (predicted
+    # well on regular graphs, where a data dependency through t would not be)
+    c = T.lhs[v]
+    T.waiting[c] -= 1
+    if T.waiting[c] == 0:
         queue[t[0]] = c
         t[0] += 1
-    c = T.node[v].rhs
-    T.node[c].waiting -= 1
-    if T.node[c].waiting == 0:
+    c = T.rhs[v]
+    T.waiting[c] -= 1
+    if T.waiting[c] == 0:
         queue[t[0]] = c
         t[0] += 1
 
@@ -451,7 +481,7 @@ cdef int order(node_t root, NodeList* out) except -1:
     cdef Py_ssize_t h = 0, t = 1
     count_parents(root, out)
     while h < t:
-        prefetch_ahead(out.items, h, t)
+        prefetch_ahead(out.items, h, t, False)
         release_children(out.items[h], out.items, &t)
         h += 1
     return 0
@@ -461,7 +491,7 @@ cdef int sweep(NodeList* topo) except -1:
     """Applies every node's rule, in topo's order (parents first)."""
     cdef Py_ssize_t s
     for s in range(topo.size):
-        prefetch_ahead(topo.items, s, topo.size)
+        prefetch_ahead(topo.items, s, topo.size, True)
         apply_rule(topo.items[s])
     return 0
 
@@ -478,15 +508,15 @@ cdef int backward_from(node_t root) except -1:
         if count_parents(root, &queue):
             h = 0
             while h < t:
-                prefetch_ahead(queue.items, h, t)
+                prefetch_ahead(queue.items, h, t, False)
                 release_children(queue.items[h], queue.items, &t)
                 h += 1
-            T.node[root].grad = 1.0
+            T.grad[root] = 1.0
             sweep(&queue)
         else:
-            T.node[root].grad = 1.0
+            T.grad[root] = 1.0
             while h < t:
-                prefetch_ahead(queue.items, h, t)
+                prefetch_ahead(queue.items, h, t, True)
                 builtin_rule(queue.items[h])
                 release_children(queue.items[h], queue.items, &t)
                 h += 1
@@ -553,7 +583,7 @@ cdef object binary(uint8_t op, Value a, object b):
     cdef Value h
     if type(b) is Value:
         rhs = check_slot(<Value>b)
-        x = T.node[rhs].value
+        x = T.value[rhs]
     elif not as_real(b, &x):
         return NotImplemented
     else:
@@ -563,8 +593,8 @@ cdef object binary(uint8_t op, Value a, object b):
     if rhs < 0:
         rhs = push(LEAF, x, -1, -1)
     if op == ADD:
-        return attach(h, push(ADD, add_forward(T.node[lhs].value, x), lhs, rhs))
-    return attach(h, push(MUL, mul_forward(T.node[lhs].value, x), lhs, rhs))
+        return attach(h, push(ADD, add_forward(T.value[lhs], x), lhs, rhs))
+    return attach(h, push(MUL, mul_forward(T.value[lhs], x), lhs, rhs))
 
 
 cdef object unary(uint8_t op, real_t value, Value a):
@@ -636,73 +666,73 @@ cdef class Value:
 
     @property
     def data(self):
-        return T.node[check_slot(self)].value
+        return T.value[check_slot(self)]
 
     @data.setter
     def data(self, value):
-        T.node[check_slot(self)].value = real_or_raise(value, "data")
+        T.value[check_slot(self)] = real_or_raise(value, "data")
 
     @property
     def grad(self):
-        return T.node[check_slot(self)].grad
+        return T.grad[check_slot(self)]
 
     @grad.setter
     def grad(self, value):
-        T.node[check_slot(self)].grad = real_or_raise(value, "grad")
+        T.grad[check_slot(self)] = real_or_raise(value, "grad")
 
     @property
     def label(self):
         cdef node_t i = check_slot(self)
-        return _labels[i] if T.node[i].flags & HAS_LABEL else ''
+        return _labels[i] if T.flags[i] & HAS_LABEL else ''
 
     @label.setter
     def label(self, value):
         cdef node_t i = check_slot(self)
         _labels[i] = value
-        T.node[i].flags |= HAS_LABEL
+        T.flags[i] |= HAS_LABEL
 
     @property
     def _op(self):
         cdef node_t i = check_slot(self)
         cdef real_t k
-        if T.node[i].flags & HAS_OPSTR:
+        if T.flags[i] & HAS_OPSTR:
             return _opstrs[i]
-        if T.node[i].op == POW:
+        if T.op[i] == POW:
             k = T.param[i].exponent
-            if T.node[i].flags & POW_BOOL:
+            if T.flags[i] & POW_BOOL:
                 return _pow_symbol(k != 0.0)
-            if T.node[i].flags & POW_INT:
+            if T.flags[i] & POW_INT:
                 return _pow_symbol(int(k))
             return _pow_symbol(k)
-        return _SYMBOL[T.node[i].op]
+        return _SYMBOL[T.op[i]]
 
     @_op.setter
     def _op(self, value):
         cdef node_t i = check_slot(self)
         _opstrs[i] = value
-        T.node[i].flags |= HAS_OPSTR
+        T.flags[i] |= HAS_OPSTR
 
     @property
     def _prev(self):
         cdef node_t i = check_slot(self), k
         cdef node_t* kids
         cdef set s = set()
-        if T.node[i].op == CUSTOM:
+        if T.op[i] == CUSTOM:
             kids = T.param[i].kids
             if kids != NULL:
                 for k in range(1, kids[0] + 1):
                     s.add(handle_of(kids[k]))
         else:
-            if T.node[i].lhs >= 0:
-                s.add(handle_of(T.node[i].lhs))
-            if T.node[i].rhs >= 0:
-                s.add(handle_of(T.node[i].rhs))
+            if T.lhs[i] >= 0:
+                s.add(handle_of(T.lhs[i]))
+            if T.rhs[i] >= 0:
+                s.add(handle_of(T.rhs[i]))
         return s
 
     @property
     def _backward(self):
         check_slot(self)
-        if T.node[self.slot].flags & HAS_FN:
+        if T.flags[self.slot] & HAS_FN:
             return self._fn
         return self._apply_rule
 
@@ -712,10 +742,10 @@ cdef class Value:
         if not callable(fn):
             raise TypeError(f"_backward must be callable, not {type(fn).__name__!r}")
         self._fn = fn
-        T.node[i].flags |= HAS_FN
+        T.flags[i] |= HAS_FN
         if not PyObject_GC_IsTracked(self):
             PyObject_GC_Track(self)
-        if T.refs[i] > 1 and not T.node[i].flags & PINNED:
+        if T.refs[i] > 1 and not T.flags[i] & PINNED:
             pin(i)
 
     def _apply_rule(self):
@@ -744,24 +774,24 @@ cdef class Value:
         if not isinstance(other, (int, float)):
             raise TypeError("only supporting int/float powers for now")
         k = other
-        pow_forward(T.node[check_slot(self)].value, k, &r)
+        pow_forward(T.value[check_slot(self)], k, &r)
         out = unary(POW, r, self)
         T.param[out.slot].exponent = k
         if PyBool_Check(other):
-            T.node[out.slot].flags |= POW_BOOL
+            T.flags[out.slot] |= POW_BOOL
         elif PyLong_Check(other):
-            T.node[out.slot].flags |= POW_INT
+            T.flags[out.slot] |= POW_INT
         return out
 
     def relu(self):
-        return unary(RELU, relu_forward(T.node[check_slot(self)].value), self)
+        return unary(RELU, relu_forward(T.value[check_slot(self)]), self)
 
     def tanh(self):
-        return unary(TANH, tanh_forward(T.node[check_slot(self)].value), self)
+        return unary(TANH, tanh_forward(T.value[check_slot(self)]), self)
 
     def exp(self):
         cdef real_t r
-        exp_forward(T.node[check_slot(self)].value, &r)
+        exp_forward(T.value[check_slot(self)], &r)
         return unary(EXP, r, self)
 
     def __neg__(self): # -self
@@ -786,7 +816,7 @@ cdef class Value:
         return f"Value(data={self.data}, grad={self.grad})"
 
     def __reduce__(self):
-        if T.node[check_slot(self)].op != LEAF:
+        if T.op[check_slot(self)] != LEAF:
             raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
         return (_restore, (self.data, self.grad, self.label))
 
