@@ -79,6 +79,8 @@ cdef struct NodeList:
 cdef int reserve(node_t n) except -1             # room for n more slots
 cdef node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexcept  # after reserve
 cdef void release(node_t i) noexcept             # drop one reference to i, free what dies
-cdef int order(node_t root, NodeList* out) except -1  # reachable nodes, parents first
+cdef int count_parents(node_t root, NodeList* queue) except -1  # 1 if CUSTOM nodes reachable
+cdef void finish_order(NodeList* queue) noexcept nogil  # queue rewritten parents-first
 cdef int sweep(NodeList* topo) except -1         # rules in topo order; -1 if a _backward raised
+cdef int backward_from(node_t root) except -1    # micrograd's backward from root
 cdef int apply_rule(node_t i) except -1          # node i's local chain rule

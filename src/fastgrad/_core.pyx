@@ -470,21 +470,18 @@ cdef inline void release_children(node_t v, node_t* queue, Py_ssize_t* t) noexce
         t[0] += 1
 
 
-cdef int order(node_t root, NodeList* out) except -1:
-    """Fills out with the nodes reachable from root, every node before its children.
+cdef void finish_order(NodeList* queue) noexcept nogil:
+    """Rewrites the queue of count_parents so that every node comes before its children.
 
-    Kahn's algorithm over one breadth-first queue (no recursion, no stack): count_parents,
-    then from the root again a node is enqueued once its last parent has been, which
-    brings every waiting[c] back to 0. The second pass rewrites the same queue (the same
-    nodes), so it cannot fail.
+    Kahn's algorithm: from the root again, a node is enqueued once its last parent has
+    been, which brings every waiting[c] back to 0. It visits the same nodes, so the queue
+    cannot grow and nothing here can fail.
     """
     cdef Py_ssize_t h = 0, t = 1
-    count_parents(root, out)
     while h < t:
-        prefetch_ahead(out.items, h, t, False)
-        release_children(out.items[h], out.items, &t)
+        prefetch_ahead(queue.items, h, t, False)
+        release_children(queue.items[h], queue.items, &t)
         h += 1
-    return 0
 
 
 cdef int sweep(NodeList* topo) except -1:
@@ -506,11 +503,7 @@ cdef int backward_from(node_t root) except -1:
     memset(&queue, 0, sizeof(NodeList))
     try:
         if count_parents(root, &queue):
-            h = 0
-            while h < t:
-                prefetch_ahead(queue.items, h, t, False)
-                release_children(queue.items[h], queue.items, &t)
-                h += 1
+            finish_order(&queue)
             T.grad[root] = 1.0
             sweep(&queue)
         else:
