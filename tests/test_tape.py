@@ -315,3 +315,43 @@ def test_threads_build_and_backpropagate_separately(Value):
     for t in threads:
         t.join()
     assert results == expected
+
+
+@compiled
+def test_cached_order_is_reused_and_dropped_with_its_root(C):
+    from fastgrad.reference import Value as R
+    base = core._tape_stats()["cached"]
+    a, b = C(1.5), C(-2.0)
+    y = (a * b + a).tanh() * b
+    ra, rb = R(1.5), R(-2.0)
+    ry = (ra * rb + ra).tanh() * rb
+    y.backward()
+    ry.backward()
+    cached = core._tape_stats()["cached"]
+    assert cached > base                      # the first backward cached y's order
+    y.backward()                              # the second one sweeps that order again
+    ry.backward()
+    assert core._tape_stats()["cached"] == cached
+    assert (a.grad, b.grad) == (pytest.approx(ra.grad, rel=1e-12), pytest.approx(rb.grad, rel=1e-12))
+    del y
+    assert core._tape_stats()["cached"] == base
+
+
+@compiled
+def test_cached_orders_are_bounded(C):
+    # backward from every node of a chain would cache O(n^2) slots; the budget stops that
+    base = core._tape_stats()["cached"]
+    x = C(1.0)
+    chain = [x]
+    for _ in range(3000):
+        chain.append(chain[-1] * 1.0001)
+    for v in chain:
+        v.backward()
+    st = core._tape_stats()
+    assert st["cached"] - base <= max(2 * st["live"], 2 ** 20)
+    for v in chain:
+        v.grad = 0.0
+    chain[-1].backward()
+    assert x.grad == pytest.approx(1.0001 ** 3000, rel=1e-12)
+    del chain, v, x
+    assert core._tape_stats()["cached"] == base

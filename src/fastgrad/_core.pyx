@@ -493,11 +493,14 @@ cdef int sweep(NodeList* topo) except -1:
     return 0
 
 
-cdef int backward_from(node_t root) except -1:
+cdef int backward_from(node_t root, NodeList* keep) except -1:
     """micrograd's backward: root.grad = 1, then every reachable node's rule, each node
     after all its parents. Without CUSTOM nodes, ordering and sweep are one pass: a node
     is swept as soon as its last parent has been. With them, the order is finished first
-    (waiting[] all 0 again), since their Python code may start another backward."""
+    (waiting[] all 0 again), since their Python code may start another backward.
+
+    The order is then handed to keep (the root handle's cache), while the orders cached
+    by live handles hold at most max(2 * live nodes, 2**20) slots in all."""
     cdef NodeList queue
     cdef Py_ssize_t h = 0, t = 1
     memset(&queue, 0, sizeof(NodeList))
@@ -513,6 +516,10 @@ cdef int backward_from(node_t root) except -1:
                 builtin_rule(queue.items[h])
                 release_children(queue.items[h], queue.items, &t)
                 h += 1
+        if keep.items == NULL and T.cached + queue.capacity <= max(2 * <Py_ssize_t>T.live, 1 << 20):
+            keep[0] = queue
+            T.cached += queue.capacity
+            queue.items = NULL
     finally:
         PyMem_Free(queue.items)
     return 0
@@ -615,6 +622,8 @@ cdef class Value:
     """ stores a single scalar value and its gradient """
     cdef node_t slot
     cdef object _fn     # the Python _backward assigned to this node, or None
+    cdef NodeList order # this root's reachable nodes, parents first, once backward() ran
+                        # (a node's children never change, so neither does this order)
 
     def __cinit__(self):
         self.slot = -1
@@ -651,6 +660,9 @@ cdef class Value:
             self.label = label
 
     def __dealloc__(self):
+        if self.order.items != NULL:
+            T.cached -= self.order.capacity
+            PyMem_Free(self.order.items)
         if self.slot >= 0:
             T.handle[self.slot] = NULL
             release(self.slot)
@@ -803,7 +815,12 @@ cdef class Value:
         return other * self**-1
 
     def backward(self):
-        backward_from(check_slot(self))
+        cdef node_t i = check_slot(self)
+        if self.order.items != NULL:
+            T.grad[i] = 1.0
+            sweep(&self.order)
+        else:
+            backward_from(i, &self.order)
 
     def __repr__(self):
         return f"Value(data={self.data}, grad={self.grad})"
@@ -817,8 +834,10 @@ cdef class Value:
 # ------------------------------------------------------------------------ test hooks
 
 def _tape_stats():
-    """Counts of the arena: live slots, slots handed out, capacity, free slots below size."""
-    return {'live': T.live, 'size': T.size, 'capacity': T.capacity, 'free': T.size - T.live}
+    """Counts of the arena: live slots, slots handed out, capacity, free slots below size,
+    and the slots held by the orders that root handles cache."""
+    return {'live': T.live, 'size': T.size, 'capacity': T.capacity, 'free': T.size - T.live,
+            'cached': T.cached}
 
 
 def _test_fail_allocs(n):
