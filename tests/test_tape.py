@@ -355,3 +355,23 @@ def test_cached_orders_are_bounded(C):
     assert x.grad == pytest.approx(1.0001 ** 3000, rel=1e-12)
     del chain, v, x
     assert core._tape_stats()["cached"] == base
+
+
+def test_backward_inside_a_custom_backward(Value):
+    # a _backward that starts another backward (on a separate graph sharing a leaf): the
+    # inner ordering must not disturb the outer one
+    def run(V):
+        a, b = V(0.5), V(2.0)
+        side = (a * b).tanh()
+        out = V(a.data * 3, (a,), 'triple')
+
+        def _backward():
+            side.backward()
+            a.grad += 3 * out.grad
+        out._backward = _backward
+        y = (out + b) * b
+        y.backward()
+        y.backward()
+        return a.grad, b.grad, side.grad
+    from fastgrad.reference import Value as R
+    assert run(Value) == pytest.approx(run(R), rel=1e-12)

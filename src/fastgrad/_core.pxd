@@ -26,6 +26,7 @@ cdef enum:
     POW_INT = 16    # POW: the exponent was an int, shown without a decimal point
     POW_BOOL = 32   # POW: the exponent was a bool, shown as True/False
     FREE = 64       # the slot is on the free list
+    HAS_ORDER = 128 # _orders holds the order a backward() from this node computed
 
 # waiting[-1]: never reaches 0, however many passes count and uncount it.
 cdef enum:
@@ -67,7 +68,7 @@ cdef struct Tape:
     node_t free_head    # first free slot below size, or -1
     node_t live         # number of live slots
     node_t freed        # slots freed since the free list was last sorted
-    Py_ssize_t cached   # slots held by the orders cached on root handles (Value.order)
+    Py_ssize_t cached   # slots held by the cached orders (_orders)
 
 # A growable list of slots, the scratch space of ordering passes.
 cdef struct NodeList:
@@ -83,5 +84,5 @@ cdef void release(node_t i) noexcept             # drop one reference to i, free
 cdef int count_parents(node_t root, NodeList* queue) except -1  # 1 if CUSTOM nodes reachable
 cdef void finish_order(NodeList* queue) noexcept nogil  # queue rewritten parents-first
 cdef int sweep(NodeList* topo) except -1         # rules in topo order; -1 if a _backward raised
-cdef int backward_from(node_t root, NodeList* keep) except -1  # backward; order into keep
+cdef int backward_from(node_t root) except -1    # micrograd's backward from root
 cdef int apply_rule(node_t i) except -1          # node i's local chain rule

@@ -27,6 +27,8 @@ cdef extern from "Python.h":
     bint PyBool_Check(object o)
     double PyFloat_AS_DOUBLE(object o)
     double PyFloat_AsDouble(object o) except? -1.0
+    char* PyBytes_AS_STRING(object o)
+    bytes PyBytes_FromStringAndSize(char* s, Py_ssize_t n)
     void PyObject_GC_Track(object o)
     void PyObject_GC_UnTrack(object o)
     bint PyObject_GC_IsTracked(object o)
@@ -47,6 +49,7 @@ T.free_head = -1
 # Sparse per-node Python attributes, keyed by slot; flags[i] says whether an entry exists.
 cdef dict _labels = {}      # HAS_LABEL: the node's label
 cdef dict _opstrs = {}      # HAS_OPSTR: the `_op` string of a CUSTOM node
+cdef dict _orders = {}      # HAS_ORDER: the node's reachable slots, parents first (bytes)
 cdef tuple _SYMBOL = tuple(_SYMBOL_BY_OP[op] for op in range(COUNT))
 
 # allocations left before a simulated failure (-1: never); set by _test_fail_allocs
@@ -212,6 +215,8 @@ cdef void release(node_t i) noexcept:
             _labels.pop(j, None)
         if T.flags[j] & HAS_OPSTR:
             _opstrs.pop(j, None)
+        if T.flags[j] & HAS_ORDER:
+            T.cached -= len(_orders.pop(j)) // sizeof(node_t)
         T.refs[j] = 0
         T.flags[j] = FREE
         T.op[j] = LEAF
@@ -493,16 +498,24 @@ cdef int sweep(NodeList* topo) except -1:
     return 0
 
 
-cdef int backward_from(node_t root, NodeList* keep) except -1:
+cdef int backward_from(node_t root) except -1:
     """micrograd's backward: root.grad = 1, then every reachable node's rule, each node
     after all its parents. Without CUSTOM nodes, ordering and sweep are one pass: a node
     is swept as soon as its last parent has been. With them, the order is finished first
     (waiting[] all 0 again), since their Python code may start another backward.
 
-    The order is then handed to keep (the root handle's cache), while the orders cached
-    by live handles hold at most max(2 * live nodes, 2**20) slots in all."""
+    A node's children never change, so neither does its order: the first backward() from
+    a root caches it (in _orders, until the root is freed) and later ones only sweep it.
+    The cached orders hold at most max(2 * live nodes, 2**20) slots in all."""
     cdef NodeList queue
     cdef Py_ssize_t h = 0, t = 1
+    cdef bytes cached
+    if T.flags[root] & HAS_ORDER:
+        cached = _orders[root]
+        queue.items = <node_t*>PyBytes_AS_STRING(cached)
+        queue.size = queue.capacity = len(cached) // sizeof(node_t)
+        T.grad[root] = 1.0
+        return sweep(&queue)
     memset(&queue, 0, sizeof(NodeList))
     try:
         if count_parents(root, &queue):
@@ -516,10 +529,12 @@ cdef int backward_from(node_t root, NodeList* keep) except -1:
                 builtin_rule(queue.items[h])
                 release_children(queue.items[h], queue.items, &t)
                 h += 1
-        if keep.items == NULL and T.cached + queue.capacity <= max(2 * <Py_ssize_t>T.live, 1 << 20):
-            keep[0] = queue
-            T.cached += queue.capacity
-            queue.items = NULL
+        # (a _backward run by the sweep may have cached it already, by a nested backward)
+        if not T.flags[root] & HAS_ORDER and \
+                T.cached + queue.size <= max(2 * <Py_ssize_t>T.live, 1 << 20):
+            _orders[root] = PyBytes_FromStringAndSize(<char*>queue.items, queue.size * sizeof(node_t))
+            T.flags[root] |= HAS_ORDER
+            T.cached += queue.size
     finally:
         PyMem_Free(queue.items)
     return 0
@@ -622,8 +637,6 @@ cdef class Value:
     """ stores a single scalar value and its gradient """
     cdef node_t slot
     cdef object _fn     # the Python _backward assigned to this node, or None
-    cdef NodeList order # this root's reachable nodes, parents first, once backward() ran
-                        # (a node's children never change, so neither does this order)
 
     def __cinit__(self):
         self.slot = -1
@@ -660,9 +673,6 @@ cdef class Value:
             self.label = label
 
     def __dealloc__(self):
-        if self.order.items != NULL:
-            T.cached -= self.order.capacity
-            PyMem_Free(self.order.items)
         if self.slot >= 0:
             T.handle[self.slot] = NULL
             release(self.slot)
@@ -815,12 +825,7 @@ cdef class Value:
         return other * self**-1
 
     def backward(self):
-        cdef node_t i = check_slot(self)
-        if self.order.items != NULL:
-            T.grad[i] = 1.0
-            sweep(&self.order)
-        else:
-            backward_from(i, &self.order)
+        backward_from(check_slot(self))
 
     def __repr__(self):
         return f"Value(data={self.data}, grad={self.grad})"
