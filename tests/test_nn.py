@@ -83,3 +83,49 @@ def test_make_moons_shape():
     assert len(X) == len(y) == 100 and sorted(set(y)) == [-1, 1]
     assert make_moons(100, 0.1, seed=0) == (X, y)
     assert make_moons(100, 0.1, seed=1) != (X, y)
+
+
+def chain_by_hand(start, ws, xs):
+    return sum((wi * xi for wi, xi in zip(ws, xs)), start)
+
+
+@pytest.mark.parametrize("xs", [
+    "values", "floats", "ints", "mixed", "empty", "shorter", "numpy",
+])
+def test_sum_of_products_builds_micrograd_chain(Value, xs):
+    import numpy as np
+    from graphs import shape
+
+    def make(V):
+        b = V(0.25)
+        ws = [V(w) for w in (0.5, -1.5, 2.0)]
+        x = {"values": [V(1.0), V(-2.0), V(3.0)], "floats": [1.0, -2.0, 3.0],
+             "ints": [1, -2, 3], "mixed": [V(1.0), -2, 3.0], "empty": [],
+             "shorter": [1.0, -2.0], "numpy": list(np.array([1.0, -2.0, 3.0]))}[xs]
+        return b, ws, x
+    b, ws, x = make(Value)
+    fast = Value._sum_of_products(b, ws, x)
+    mb, mws, mx = make(micrograd.engine.Value)
+    slow = chain_by_hand(mb, mws, mx)
+    assert fast.data == slow.data
+    assert shape(fast) == shape(slow)
+    if xs == "empty":
+        assert fast is b
+    fast.backward()
+    slow.backward()
+    assert [w.grad for w in ws] == [w.grad for w in mws]
+    assert b.grad == mb.grad
+
+
+def test_sum_of_products_bad_input(Value):
+    from fractions import Fraction
+    b, ws = Value(1.0), [Value(2.0), Value(3.0)]
+    # an operand the fast path does not take goes through the operators, as micrograd's would
+    assert Value._sum_of_products(b, ws, [Fraction(1, 2), 1.0]).data == 1.0 + 1.0 + 3.0
+    with pytest.raises(TypeError):
+        Value._sum_of_products(b, ws, ["a", 1.0])
+    with pytest.raises(OverflowError):
+        Value._sum_of_products(b, ws, [1.0, 10 ** 400])
+    y = b * 2.0
+    y.backward()
+    assert b.grad == 2.0

@@ -375,3 +375,23 @@ def test_backward_inside_a_custom_backward(Value):
         return a.grad, b.grad, side.grad
     from fastgrad.reference import Value as R
     assert run(Value) == pytest.approx(run(R), rel=1e-12)
+
+
+@compiled
+def test_sum_of_products_failures_make_no_nodes(C):
+    b, ws = C(1.0), [C(2.0), C(3.0)]
+    base = live()
+    with pytest.raises(OverflowError):
+        C._sum_of_products(b, ws, [1.0, 10 ** 400])
+    assert live() == base
+    core._test_fail_allocs(0)
+    try:
+        with pytest.raises(MemoryError):
+            C._sum_of_products(b, ws, [1.0, 2.0])
+    finally:
+        core._test_fail_allocs(-1)
+    assert live() == base
+    with pytest.raises(ValueError, match="never initialised"):
+        C._sum_of_products(b, [C(1.0), C.__new__(C)], [1.0, 2.0])
+    assert live() == base
+    assert C._sum_of_products(b, ws, [1.0, 2.0]).data == 1.0 + 2.0 + 6.0

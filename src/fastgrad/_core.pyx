@@ -624,6 +624,25 @@ cdef inline node_t check_slot(Value v) except -1:
     return v.slot
 
 
+cdef bint all_values_or_reals(list w, list x, Py_ssize_t n):
+    """Whether w[:n] are Values and x[:n] Values or plain numbers (the fast path)."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        if type(w[k]) is not Value:
+            return False
+        if not (type(x[k]) is Value or PyFloat_Check(x[k]) or PyLong_Check(x[k])):
+            return False
+    return True
+
+
+cdef object python_sum_of_products(start, list w, list x):
+    # what Value._sum_of_products stands for, for operands the fast path does not take
+    act = start
+    for wi, xi in zip(w, x):
+        act = act + wi * xi
+    return act
+
+
 def _restore(data, grad, label):
     """Unpickles a leaf Value."""
     v = Value(data, label=label)
@@ -797,6 +816,40 @@ cdef class Value:
         elif PyLong_Check(other):
             T.flags[out.slot] |= POW_INT
         return out
+
+    @staticmethod
+    def _sum_of_products(start, ws, xs):
+        """start + ws[0] * xs[0] + ws[1] * xs[1] + ...: the chain of '*' and '+' nodes that
+        sum((w * x for w, x in zip(ws, xs)), start) builds, made in one call."""
+        cdef list w = list(ws), x = list(xs)
+        cdef Py_ssize_t k, n = min(len(w), len(x))
+        cdef real_t* number = NULL
+        cdef node_t acc, rhs, m
+        cdef Value h
+        if type(start) is not Value or not all_values_or_reals(w, x, n):
+            return python_sum_of_products(start, w, x)
+        if n == 0:
+            return start
+        acc = check_slot(<Value>start)
+        try:
+            # everything that can fail comes before the first node is made
+            safe_realloc(<void**>&number, n, sizeof(real_t))
+            for k in range(n):
+                check_slot(<Value>w[k])
+                if type(x[k]) is Value:
+                    check_slot(<Value>x[k])
+                else:
+                    number[k] = x[k]
+            h = new_handle()
+            reserve(<node_t>min(3 * n, INT32_MAX))  # per term: a leaf for a number, '*', '+'
+            for k in range(n):
+                rhs = (<Value>x[k]).slot if type(x[k]) is Value else push(LEAF, number[k], -1, -1)
+                m = push(MUL, mul_forward(T.value[(<Value>w[k]).slot], T.value[rhs]),
+                         (<Value>w[k]).slot, rhs)
+                acc = push(ADD, add_forward(T.value[acc], T.value[m]), acc, m)
+            return attach(h, acc)
+        finally:
+            PyMem_Free(number)
 
     def relu(self):
         return unary(RELU, relu_forward(T.value[check_slot(self)]), self)

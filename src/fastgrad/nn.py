@@ -24,11 +24,9 @@ class Neuron(Module):
         self.nonlin = nonlin
 
     def __call__(self, x):
-        # micrograd's sum((wi*xi ...), self.b) builds b + w0*x0 + w1*x1 + ...; this loop
-        # builds exactly that chain of '+' nodes, without the generator's overhead
-        act = self.b
-        for wi, xi in zip(self.w, x):
-            act = act + wi * xi
+        # micrograd's sum((wi*xi for wi, xi in zip(self.w, x)), self.b): the same nodes,
+        # b + w0*x0 + w1*x1 + ..., made by the engine in one call
+        act = Value._sum_of_products(self.b, self.w, x)
         return act.relu() if self.nonlin else act
 
     def parameters(self):

@@ -235,6 +235,15 @@ class Value:
         out._k = other   # kept as given, so that `_op` shows '**2', '**2.0' or '**True'
         return out
 
+    @staticmethod
+    def _sum_of_products(start, ws, xs):
+        """start + ws[0] * xs[0] + ws[1] * xs[1] + ...: the chain of '*' and '+' nodes that
+        sum((w * x for w, x in zip(ws, xs)), start) builds, made in one call."""
+        act = start
+        for wi, xi in zip(ws, xs):
+            act = act + wi * xi
+        return act
+
     def relu(self):
         return Value._node(Op.RELU, 0.0 if self._data < 0 else self._data, (self,))
 
