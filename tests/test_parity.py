@@ -42,7 +42,7 @@ def test_same_public_surface(name):
     assert hasattr(C, name) and hasattr(R, name)
     c, r = getattr(C, name), getattr(R, name)
     if callable(r) and not isinstance(r, property) and r.__doc__:
-        assert c.__doc__ and r.__doc__.strip() in c.__doc__
+        assert c.__doc__ and inspect.cleandoc(r.__doc__) in inspect.cleandoc(c.__doc__)
 
 
 @pytest.mark.compiled
