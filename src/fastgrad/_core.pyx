@@ -371,22 +371,18 @@ cdef inline void prefetch_node(node_t i) noexcept nogil:
 
 
 cdef inline void prefetch_children(node_t i, bint values) noexcept nogil:
-    """Prefetches what a pass reads of i's children: their waiting counts, or their
-    grads and values (the sweep). CUSTOM children are not prefetched."""
+    """Prefetches what a pass reads of i's children: their waiting counts, and with
+    values their grads and values too (sweeping). CUSTOM children are not prefetched."""
     cdef node_t c = T.lhs[i]
-    if c >= 0:
-        if values:
-            prefetch(&T.grad[c])
-            prefetch(&T.value[c])
-        else:
-            prefetch(&T.waiting[c])
+    prefetch(&T.waiting[c])             # waiting[-1] exists: the sentinel
+    if values and c >= 0:
+        prefetch(&T.grad[c])
+        prefetch(&T.value[c])
     c = T.rhs[i]
-    if c >= 0:
-        if values:
-            prefetch(&T.grad[c])
-            prefetch(&T.value[c])
-        else:
-            prefetch(&T.waiting[c])
+    prefetch(&T.waiting[c])
+    if values and c >= 0:
+        prefetch(&T.grad[c])
+        prefetch(&T.value[c])
 
 
 cdef inline void prefetch_ahead(node_t* queue, Py_ssize_t h, Py_ssize_t size, bint values) noexcept nogil:
