@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 BUILD_DEPS := "Cython>=3.0" "setuptools>=64" "wheel>=0.40"
 SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxd) setup.py pyproject.toml
 
-.PHONY: build install test test-compiled test-reference test-debug annotate bench bench-pytest clean
+.PHONY: build install test test-debug check-memory annotate bench bench-pytest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: install
 test-debug:
 	$(MAKE) VENV=.venv-debug FASTGRAD_CYTHON_DEBUG=1 install
 	.venv-debug/bin/python -m pytest tests -x -q
+
+# the engine's awkward paths under valgrind memcheck: no invalid access, no definite leak
+check-memory: install
+	$(PY) scripts/check_memory.py $(PY)
 
 annotate: $(PY)
 	$(PIP) install $(BUILD_DEPS)

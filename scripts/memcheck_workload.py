@@ -1,0 +1,52 @@
+"""What `make check-memory` runs under valgrind: the engine's awkward paths, briefly.
+
+Training steps, custom ops (pinning and their GC cycles), the arena growing under a sweep,
+an exception out of a custom _backward, labels and handles re-made through _prev,
+pickling, injected allocation failures, a deep chain freed iteratively, a bare handle.
+"""
+import gc, pickle, random
+from fastgrad._core import Value, _tape_stats, _test_fail_allocs
+from fastgrad import nn
+random.seed(0)
+m = nn.MLP(2, [4, 4, 1])
+for k in range(3):
+    xs = [[random.uniform(-1,1), random.uniform(-1,1)] for _ in range(4)]
+    loss = sum(((1 + -1.0 * m(x)).relu() for x in xs), Value(0.0)) * 0.25
+    m.zero_grad(); loss.backward()
+    for p in m.parameters(): p.data -= 0.1 * p.grad
+# custom ops, pinning, GC
+a = Value(0.5)
+def sq(v):
+    out = Value(v.data ** 2, (v,), 'sq')
+    def _backward(): v.grad += 2 * v.data * out.grad
+    out._backward = _backward
+    return out
+y = sq(a) + sq(a * 2.0) ; y.backward(); del y; gc.collect()
+# arena growth under sweep
+out = Value(1.0, (a,), 'grow')
+made = []
+def gb():
+    made.append([Value(1.0) for _ in range(3000)])
+    a.grad += out.grad
+out._backward = gb
+z = (out * 3.0).tanh(); z.backward(); del z, out, made; gc.collect()
+# exceptions in custom backward
+b = Value(1.0); o = Value(2.0, (b,), 'boom')
+def boom(): raise RuntimeError
+o._backward = boom
+try: (o * b).backward()
+except RuntimeError: pass
+# labels, _prev re-made handles, pickling
+c = Value(1.0, label='c'); d = c * 2.0; del c
+[h.label for h in d._prev]; pickle.loads(pickle.dumps(Value(3.0, label='x')))
+# failures
+_test_fail_allocs(0)
+try: Value(1.0, (a, b, a), 'x')
+except MemoryError: pass
+_test_fail_allocs(-1)
+# chain and free
+x = Value(1.0); y = x
+for _ in range(20000): y = y * 1.0001 + 0.5
+y.backward(); del y; gc.collect()
+v = Value.__new__(Value); del v
+print(_tape_stats())
