@@ -528,9 +528,14 @@ cdef int backward_from(node_t root) except -1:
         # (a _backward run by the sweep may have cached it already, by a nested backward)
         if not T.flags[root] & HAS_ORDER and \
                 T.cached + queue.size <= max(2 * <Py_ssize_t>T.live, 1 << 20):
-            _orders[root] = PyBytes_FromStringAndSize(<char*>queue.items, queue.size * sizeof(node_t))
-            T.flags[root] |= HAS_ORDER
-            T.cached += queue.size
+            try:
+                _orders[root] = PyBytes_FromStringAndSize(<char*>queue.items,
+                                                          queue.size * sizeof(node_t))
+            except MemoryError:
+                pass                # the grads are done; the next backward() orders again
+            else:
+                T.flags[root] |= HAS_ORDER
+                T.cached += queue.size
     finally:
         PyMem_Free(queue.items)
     return 0
@@ -639,6 +644,11 @@ cdef object python_sum_of_products(start, list w, list x):
     return act
 
 
+cdef inline bint is_empty(object s):
+    # the constructor's '' defaults; any other object (even one whose == is odd) is kept
+    return type(s) is str and len(<str>s) == 0
+
+
 def _restore(data, grad, label):
     """Unpickles a leaf Value."""
     v = Value(data, label=label)
@@ -665,11 +675,11 @@ cdef class Value:
             if type(c) is not Value:
                 raise TypeError(f"children of a Value must be Values, not {type(c).__name__!r}")
             check_slot(<Value>c)
-        if self.slot >= 0:                     # __init__ called again: rebind this handle
+        if self.slot >= 0:                     # a handle names one node for life
             raise TypeError("Value.__init__ cannot be called on an existing Value")
         PyObject_GC_UnTrack(self)
         reserve(1)
-        if n == 0 and _op == '':
+        if n == 0 and is_empty(_op):
             i = push(LEAF, x, -1, -1)
         else:
             if n > 0:
@@ -682,9 +692,9 @@ cdef class Value:
             for k in range(n):
                 add_ref(arr[k + 1])
         attach(self, i)
-        if _op != '':
+        if not is_empty(_op):
             self._op = _op
-        if label != '':
+        if not is_empty(label):
             self.label = label
 
     def __dealloc__(self):

@@ -24,6 +24,14 @@ def _as_real(x):
         return None
 
 
+_NO_OPSTR = object()   # `_opstr` of a node whose `_op` comes from its op code
+
+
+def _is_empty(s):
+    # the constructor's '' defaults; any other object (even one whose == is odd) is kept
+    return type(s) is str and not s
+
+
 def _real_or_raise(x, what):
     r = _as_real(x)
     if r is None:
@@ -120,9 +128,9 @@ class Value:
         for c in self._children:
             if type(c) is not Value:
                 raise TypeError(f"children of a Value must be Values, not {type(c).__name__!r}")
-        self._code = Op.CUSTOM if (self._children or _op != '') else Op.LEAF
+        self._code = Op.CUSTOM if (self._children or not _is_empty(_op)) else Op.LEAF
         self._k = 0.0
-        self._opstr = _op if _op != '' else None
+        self._opstr = _NO_OPSTR if _is_empty(_op) else _op
         self._fn = None
         self._label = label
 
@@ -135,7 +143,7 @@ class Value:
         out._children = children
         out._code = code
         out._k = 0.0
-        out._opstr = None
+        out._opstr = _NO_OPSTR
         out._fn = None
         out._label = ''
         return out
@@ -168,7 +176,7 @@ class Value:
 
     @property
     def _op(self):
-        if self._opstr is not None:
+        if self._opstr is not _NO_OPSTR:
             return self._opstr
         if self._code == Op.POW:
             return pow_symbol(self._k)
