@@ -30,6 +30,16 @@ step = st.one_of(
 leaves = st.lists(real, min_size=1, max_size=6)
 programs = st.tuples(leaves, st.lists(step, min_size=1, max_size=60))
 
+# built-in ops only, no backward steps: graphs that recompute() can replay
+native_step = st.one_of(
+    st.tuples(st.just("bin"), st.sampled_from(BINARY), index, index),
+    st.tuples(st.just("lconst"), st.sampled_from(BINARY), index, const),
+    st.tuples(st.just("rconst"), st.sampled_from(BINARY), const, index),
+    st.tuples(st.just("unary"), st.sampled_from(["neg", "relu", "tanh", "exp"]), index),
+    st.tuples(st.just("pow"), index, st.sampled_from(EXPONENTS)),
+)
+native_programs = st.tuples(leaves, st.lists(native_step, min_size=1, max_size=60))
+
 
 def custom_unary(Value, v, name):
     """tanh/exp added the way the lecture adds tanh: a new node with a Python _backward."""

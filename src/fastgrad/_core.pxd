@@ -85,4 +85,6 @@ cdef int count_parents(node_t root, NodeList* queue) except -1  # 1 if CUSTOM no
 cdef void finish_order(NodeList* queue) noexcept nogil  # queue rewritten parents-first
 cdef int sweep(NodeList* topo) except -1         # rules in topo order; -1 if a _backward raised
 cdef int backward_from(node_t root) except -1    # micrograd's backward from root
+cdef int recompute_from(node_t root) except -1   # forward again; all or nothing
+cdef int evaluate(node_t i) except -1            # value[i] from its children's values
 cdef int apply_rule(node_t i) except -1          # node i's local chain rule

@@ -347,6 +347,25 @@ cdef inline void builtin_rule(node_t i) noexcept nogil:
         exp_backward(i)
 
 
+cdef inline int evaluate(node_t i) except -1:
+    """Recomputes value[i] from its children's values (not for LEAF and CUSTOM nodes)."""
+    cdef uint8_t o = T.op[i]
+    cdef real_t a = T.value[T.lhs[i]]
+    if o == ADD:
+        T.value[i] = add_forward(a, T.value[T.rhs[i]])
+    elif o == MUL:
+        T.value[i] = mul_forward(a, T.value[T.rhs[i]])
+    elif o == POW:
+        pow_forward(a, T.param[i].exponent, &T.value[i])
+    elif o == RELU:
+        T.value[i] = relu_forward(a)
+    elif o == TANH:
+        T.value[i] = tanh_forward(a)
+    elif o == EXP:
+        exp_forward(a, &T.value[i])
+    return 0
+
+
 cdef inline int apply_rule(node_t i) except -1:
     if T.op[i] == CUSTOM:
         custom_backward(i)
@@ -525,19 +544,83 @@ cdef int backward_from(node_t root) except -1:
                 builtin_rule(queue.items[h])
                 release_children(queue.items[h], queue.items, &t)
                 h += 1
-        # (a _backward run by the sweep may have cached it already, by a nested backward)
-        if not T.flags[root] & HAS_ORDER and \
-                T.cached + queue.size <= max(2 * <Py_ssize_t>T.live, 1 << 20):
-            try:
-                _orders[root] = PyBytes_FromStringAndSize(<char*>queue.items,
-                                                          queue.size * sizeof(node_t))
-            except MemoryError:
-                pass                # the grads are done; the next backward() orders again
-            else:
-                T.flags[root] |= HAS_ORDER
-                T.cached += queue.size
+        keep_order(root, &queue)
     finally:
         PyMem_Free(queue.items)
+    return 0
+
+
+cdef object keep_order(node_t root, NodeList* queue):
+    """Caches root's order (queue, parents first) unless the budget is spent; returns it
+    as bytes, or None if it could not be made."""
+    cdef bytes order
+    # (a _backward run by a sweep may have cached it already, by a nested backward)
+    if T.flags[root] & HAS_ORDER:
+        return _orders[root]
+    try:
+        order = PyBytes_FromStringAndSize(<char*>queue.items, queue.size * sizeof(node_t))
+    except MemoryError:
+        return None                     # callers fall back to their own copy
+    if T.cached + queue.size <= max(2 * <Py_ssize_t>T.live, 1 << 20):
+        _orders[root] = order
+        T.flags[root] |= HAS_ORDER
+        T.cached += queue.size
+    return order
+
+
+cdef bytes order_of(node_t root):
+    """root's reachable slots, parents first: the cached order, or a new one (cached if
+    the budget allows)."""
+    cdef NodeList queue
+    cdef object order
+    if T.flags[root] & HAS_ORDER:
+        return _orders[root]
+    memset(&queue, 0, sizeof(NodeList))
+    try:
+        count_parents(root, &queue)
+        finish_order(&queue)
+        order = keep_order(root, &queue)
+        if order is None:
+            raise MemoryError("fastgrad: cannot allocate the order of a graph")
+        return order
+    finally:
+        PyMem_Free(queue.items)
+
+
+cdef int recompute_from(node_t root) except -1:
+    """Re-evaluates every node under root, children first, from the leaves' current data,
+    and zeroes the grads of the nodes it re-evaluated: the graph is then as if built anew
+    from those leaves. All or nothing: if an op raises (0 ** -1, exp overflow, ...), every
+    value is put back and the exception propagates."""
+    cdef bytes order = order_of(root)
+    cdef node_t* items = <node_t*>PyBytes_AS_STRING(order)
+    cdef Py_ssize_t n = len(order) // sizeof(node_t), s
+    cdef real_t* saved = NULL
+    cdef node_t v
+    for s in range(n):
+        v = items[s]
+        if T.op[v] == CUSTOM and T.param[v].kids != NULL:
+            raise TypeError(
+                f"recompute() cannot re-evaluate the custom op {handle_of(v)._op!r}: its "
+                "value was computed by Python code; rebuild the graph instead")
+    safe_realloc(<void**>&saved, n if n > 0 else 1, sizeof(real_t))
+    try:
+        for s in range(n):
+            saved[s] = T.value[items[s]]
+        for s in range(n - 1, -1, -1):
+            v = items[s]
+            if T.op[v] != LEAF and T.op[v] != CUSTOM:
+                evaluate(v)
+    except BaseException:
+        for s in range(n):
+            T.value[items[s]] = saved[s]
+        raise
+    finally:
+        PyMem_Free(saved)
+    for s in range(n):
+        v = items[s]
+        if T.op[v] != LEAF and T.op[v] != CUSTOM:
+            T.grad[v] = 0.0
     return 0
 
 
@@ -885,6 +968,13 @@ cdef class Value:
 
     def backward(self):
         backward_from(check_slot(self))
+
+    def recompute(self):
+        """Re-evaluates every node under this one from the current data of the leaves, and
+        resets the grads of the nodes in between to 0 (leaves keep theirs): as if the same
+        expression had been built again. Its order is cached, so a training loop can build
+        its graph once, then recompute() / backward() / update the leaves, step after step."""
+        recompute_from(check_slot(self))
 
     def __repr__(self):
         return f"Value(data={self.data}, grad={self.grad})"

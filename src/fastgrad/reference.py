@@ -110,6 +110,17 @@ RULES = {
 }
 
 
+# Each op's forward, for recompute(): the new value from the children's values.
+FORWARD = {
+    Op.ADD: lambda out, a, b: a + b,
+    Op.MUL: lambda out, a, b: a * b,
+    Op.POW: lambda out, a: _pow_forward(a, float(out._k)),
+    Op.RELU: lambda out, a: 0.0 if a < 0 else a,
+    Op.TANH: lambda out, a: math.tanh(a),
+    Op.EXP: lambda out, a: math.exp(a),
+}
+
+
 def _rule(code):
     rule = RULES.get(code)
     if rule is None:
@@ -276,8 +287,8 @@ class Value:
     def __rtruediv__(self, other): # other / self
         return other * self**-1
 
-    def backward(self):
-        # order: depth-first with an explicit stack (no recursion), children first
+    def _topo(self):
+        # depth-first with an explicit stack (no recursion): children before parents
         topo = []
         visited = set()
         stack = [(self, False)]
@@ -289,6 +300,30 @@ class Value:
                 visited.add(v)
                 stack.append((v, True))
                 stack.extend((c, False) for c in v._children if c not in visited)
+        return topo
+
+    def recompute(self):
+        """Re-evaluates every node under this one from the current data of the leaves, and
+        resets the grads of the nodes in between to 0 (leaves keep theirs): as if the same
+        expression had been built again. Its order is cached, so a training loop can build
+        its graph once, then recompute() / backward() / update the leaves, step after step."""
+        topo = self._topo()
+        for v in topo:
+            if v._code == Op.CUSTOM and v._children:
+                raise TypeError(
+                    f"recompute() cannot re-evaluate the custom op {v._op!r}: its "
+                    "value was computed by Python code; rebuild the graph instead")
+        new = {}                                # all or nothing: commit once all succeeded
+        value = lambda c: new.get(c, c._data)
+        for v in topo:
+            if v._code in FORWARD:
+                new[v] = FORWARD[v._code](v, *map(value, v._children))
+        for v, d in new.items():
+            v._data = d
+            v._grad = 0.0
+
+    def backward(self):
+        topo = self._topo()
         # sweep: each node's local chain rule, parents before children
         self._grad = 1.0
         for v in reversed(topo):
