@@ -28,7 +28,8 @@ if not os.environ.get("FASTGRAD_PUREPYTHON"):
         [Extension(
             "fastgrad._core",
             ["src/fastgrad/_core.pyx"],
-            extra_compile_args=["-O0", "-g"] if debug else ["-O3"],
+            # no fused multiply-add: every operation rounds as Python's float arithmetic does
+            extra_compile_args=(["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"],
         )],
         compiler_directives=directives,
     )

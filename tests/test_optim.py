@@ -1,0 +1,108 @@
+"""fastgrad.optim: the C loops give exactly the updates written out in Python."""
+import math
+
+import pytest
+
+from fastgrad import optim
+
+
+def quadratic(Value, ps):
+    """A loss with different grads per parameter."""
+    loss = Value(0.0)
+    for k, p in enumerate(ps):
+        loss = loss + (p - 0.1 * k) ** 2 * (k + 1) + (p * ps[0]).tanh()
+    return loss
+
+
+def make(Value):
+    return [Value(0.5 - 0.2 * k) for k in range(5)]
+
+
+def test_sgd_is_micrographs_update(Value):
+    ps = make(Value)
+    opt = optim.SGD(ps, lr=0.1)
+    for step in range(5):
+        loss = quadratic(Value, ps)
+        opt.zero_grad()
+        assert all(p.grad == 0.0 for p in ps)
+        loss.backward()
+        expected = [p.data - 0.1 * p.grad for p in ps]
+        opt.step()
+        assert [p.data for p in ps] == expected
+
+
+def test_adam_matches_its_formula(Value):
+    ps = make(Value)
+    opt = optim.Adam(ps, lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.01)
+    m, v = [0.0] * len(ps), [0.0] * len(ps)
+    for step in range(1, 8):
+        loss = quadratic(Value, ps)
+        opt.zero_grad()
+        loss.backward()
+        expected = []
+        for k, p in enumerate(ps):       # the update, written out in Python
+            g = p.grad + 0.01 * p.data
+            m[k] = 0.8 * m[k] + (1 - 0.8) * g
+            v[k] = 0.95 * v[k] + (1 - 0.95) * g * g
+            m_hat, v_hat = m[k] / (1 - 0.8 ** step), v[k] / (1 - 0.95 ** step)
+            expected.append(p.data - 0.05 * m_hat / (math.sqrt(v_hat) + 1e-6))
+        opt.step()
+        assert [p.data for p in ps] == pytest.approx(expected, rel=1e-13, abs=1e-15)
+
+
+def test_adam_against_torch(Value):
+    torch = pytest.importorskip("torch")
+    ps = make(Value)
+    ts = [torch.tensor(p.data, dtype=torch.float64, requires_grad=True) for p in ps]
+    opt = optim.Adam(ps, lr=0.05, weight_decay=0.01)
+    topt = torch.optim.Adam(ts, lr=0.05, weight_decay=0.01)
+    for _ in range(10):
+        opt.zero_grad()
+        quadratic(Value, ps).backward()
+        topt.zero_grad()
+        quadratic(lambda x: torch.tensor(x, dtype=torch.float64), ts).backward()
+        opt.step()
+        topt.step()
+    assert [p.data for p in ps] == pytest.approx([t.item() for t in ts], rel=1e-10)
+
+
+def test_learning_rate_schedule_hook(Value):
+    ps = make(Value)
+    opt = optim.SGD(ps, lr=0.1)
+    quadratic(Value, ps).backward()
+    opt.param_groups[0]['lr'] = 0.0          # what a scheduler does
+    before = [p.data for p in ps]
+    opt.step()
+    assert [p.data for p in ps] == before
+    assert opt.param_groups[0]['params'] == ps
+
+
+def test_bad_arguments(Value):
+    with pytest.raises(ValueError, match="empty parameter list"):
+        optim.SGD([], lr=0.1)
+    with pytest.raises(ValueError):
+        optim.SGD(make(Value), lr=-1.0)
+    with pytest.raises(ValueError):
+        optim.Adam(make(Value), betas=(1.0, 0.9))
+    with pytest.raises(TypeError):
+        optim.SGD([Value(1.0), 2.0], lr=0.1)
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("name, kw", [("SGD", dict(lr=0.1)),
+                                      ("Adam", dict(lr=0.05, weight_decay=0.01))])
+def test_compiled_loops_equal_the_python_kernel_bit_for_bit(name, kw):
+    from fastgrad._core import Value as C
+    from fastgrad.reference import Value as R
+    cs, rs = make(C), make(R)
+    copt, ropt = getattr(optim, name)(cs, **kw), getattr(optim, name)(rs, **kw)
+    assert isinstance(ropt._params, optim._PythonParams)
+    for _ in range(6):
+        for ps, opt, V in ((cs, copt, C), (rs, ropt, R)):
+            opt.zero_grad()
+            quadratic(V, ps).backward()
+        for c, r in zip(cs, rs):
+            c.grad = r.grad          # the same grads in (sums may differ in the last bit)
+        copt.step()
+        ropt.step()
+        assert [c.data for c in cs] == [r.data for r in rs]
