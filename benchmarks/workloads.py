@@ -347,6 +347,51 @@ def nn_for(Value):
     return module
 
 
+class MlpReplay(MlpStep):
+    """The same demo step on a graph built once: recompute(), zero_grad, backward, SGD."""
+    name = "mlp-replay"
+    engines = ("fastgrad", "reference")
+    compare_to = "mlp-step"             # micrograd has no replay: its rebuilding step
+    rounds = {"fastgrad": 21, "reference": 3}
+
+    def setup(self, engine):
+        from fastgrad import optim
+        model = self.model(engine)
+        V = engine.Value
+        inputs = [list(map(V, xrow)) for xrow in self.X]
+        scores = list(map(model, inputs))
+        losses = [(1 + -yi * si).relu() for yi, si in zip(self.y, scores)]
+        loss = sum(losses) * (1.0 / len(losses)) + 1e-4 * sum((p * p for p in model.parameters()))
+        loss.backward()             # orders the graph once, as a replay loop's first step does
+        return engine, (model, loss, optim.SGD(model.parameters(), lr=1.0))
+
+    def run(self, state):
+        model, loss, opt = state[1]
+        loss.recompute()            # (the data is unchanged here, so it equals mlp-step's)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def result(self, state):
+        return [float(p.data) for p in state[1][0].parameters()]
+
+
+class OpsReplay(Backward):
+    """recompute() and backward() together on the ops graph, built once (ns per node)."""
+    name = "ops-replay"
+    engines = ("fastgrad", "reference")
+
+    def setup(self, engine):
+        engine, nodes = super().setup(engine)
+        nodes[self.root].backward()  # orders the graph once, as a replay loop's first step
+        return engine, nodes
+
+    def run(self, state):
+        engine, nodes = state
+        nodes[self.root].recompute()
+        nodes[self.root].backward()
+
+
 # ------------------------------------------------------------------------- chain, wide
 
 class Chain(Workload):
@@ -433,7 +478,8 @@ class LectureOp(Workload):
         return [grad_of(v) for v in state[1][:-1:97]]
 
 
-WORKLOADS = {w.name: w for w in (Ops, Backward, MlpStep, Chain, Wide, LectureOp)}
+WORKLOADS = {w.name: w for w in (Ops, Backward, MlpStep, MlpReplay, OpsReplay, Chain, Wide,
+                                  LectureOp)}
 
 _made = {}
 

@@ -1,4 +1,5 @@
 """fastgrad.nn against micrograd.nn: same weights, reprs, parameter order, loss curve."""
+import functools
 import random
 
 import pytest
@@ -64,18 +65,26 @@ def demo_losses(Value, model, X, y, steps, alpha=1e-4):
     return curve
 
 
+@functools.lru_cache(maxsize=None)
+def micrograd_demo(steps, seed=1337):
+    """micrograd's demo on its own engine: (loss curve, final weights); slow, so shared."""
+    X, y = make_moons(n_samples=100, noise=0.1, seed=seed)
+    model = build(micrograd.nn.MLP, seed, 2, [16, 16, 1])
+    curve = demo_losses(micrograd.engine.Value, model, X, y, steps)
+    return curve, [p.data for p in model.parameters()]
+
+
 def test_demo_loss_curve_matches_micrograd():
     X, y = make_moons(n_samples=100, noise=0.1, seed=1337)
     ours = build(nn.MLP, 1337, 2, [16, 16, 1])
-    theirs = build(micrograd.nn.MLP, 1337, 2, [16, 16, 1])
     a = demo_losses(fastgrad.Value, ours, X, y, 20)
-    b = demo_losses(micrograd.engine.Value, theirs, X, y, 20)
+    b, their_weights = micrograd_demo(20)
     for (la, acc_a), (lb, acc_b) in zip(a, b):
         assert la == pytest.approx(lb, rel=1e-9)
         assert acc_a == acc_b
     assert a[-1][0] < a[0][0]                  # and it learns
-    for p, q in zip(ours.parameters(), theirs.parameters()):
-        assert p.data == pytest.approx(q.data, rel=1e-9, abs=1e-12)
+    for p, q in zip(ours.parameters(), their_weights):
+        assert p.data == pytest.approx(q, rel=1e-9, abs=1e-12)
 
 
 def test_make_moons_shape():

@@ -597,13 +597,24 @@ cdef int recompute_from(node_t root) except -1:
     cdef Py_ssize_t n = len(order) // sizeof(node_t), s
     cdef real_t* saved = NULL
     cdef node_t v
+    cdef uint8_t o
+    cdef bint fallible = False          # POW and EXP can raise; the others cannot
     for s in range(n):
         v = items[s]
-        if T.op[v] == CUSTOM and T.param[v].kids != NULL:
+        o = T.op[v]
+        if o == CUSTOM and T.param[v].kids != NULL:
             raise TypeError(
                 f"recompute() cannot re-evaluate the custom op {handle_of(v)._op!r}: its "
                 "value was computed by Python code; rebuild the graph instead")
-    safe_realloc(<void**>&saved, n if n > 0 else 1, sizeof(real_t))
+        fallible |= o == POW or o == EXP
+    if not fallible:
+        for s in range(n - 1, -1, -1):
+            v = items[s]
+            if T.op[v] != LEAF and T.op[v] != CUSTOM:
+                evaluate(v)
+                T.grad[v] = 0.0
+        return 0
+    safe_realloc(<void**>&saved, n, sizeof(real_t))
     try:
         for s in range(n):
             saved[s] = T.value[items[s]]
