@@ -120,3 +120,39 @@ def test_moons_example_follows_micrographs_loss_curve():
     for (la, acc_a), (lb, acc_b) in zip(ours, theirs):
         assert la == pytest.approx(lb, rel=1e-9)
         assert acc_a == acc_b
+
+
+def test_replayed_steps_keep_memory_flat():
+    # 10,000 replayed steps of a small model, each also building and dropping a fresh
+    # graph (whose cached order must go with it): resident memory stays put
+    import gc
+    import random
+
+    from fastgrad import nn, optim
+    from fastgrad.engine import Value
+    from test_tape import rss_kb
+
+    random.seed(0)
+    model = nn.MLP(2, [8, 1])
+    x = [Value(0.3), Value(-0.7)]
+    loss = (1 + -1.0 * model(x)).relu()
+    opt = optim.SGD(model.parameters(), lr=0.01)
+
+    def steps(n):
+        for _ in range(n):
+            loss.recompute()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            side = model(x) * 2.0
+            side.backward()
+    def cached():
+        import fastgrad
+        return fastgrad._core._tape_stats()["cached"] if fastgrad.ENGINE == "compiled" else 0
+    steps(1000)
+    gc.collect()
+    before, cached_before = rss_kb(), cached()
+    steps(9000)
+    gc.collect()
+    assert rss_kb() - before < 2 * 1024, "resident memory grew by more than 2 MB"
+    assert cached() == cached_before            # only the live loss keeps an order
