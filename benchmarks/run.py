@@ -165,6 +165,15 @@ def ratio(a, b):
     return f"{b['median'] / a['median']:,.1f}x"
 
 
+def micrograd_entry(results, wname):
+    """micrograd's result for a workload, or for the workload it is compared with."""
+    mg = results[wname].get("micrograd")
+    base = getattr(W.WORKLOADS.get(wname), "compare_to", None)
+    if mg is None and base in results:   # e.g. replay against micrograd's rebuilding step
+        mg = results[base].get("micrograd")
+    return mg
+
+
 def table(results, engines):
     lines = ["| workload | unit | " + " | ".join(engines) +
              " | fastgrad vs micrograd | fastgrad / float |",
@@ -172,10 +181,7 @@ def table(results, engines):
     for wname, res in results.items():
         unit = next((e["unit"] for e in res.values() if "unit" in e), "")
         cells = [fmt(res.get(e)) for e in engines]
-        fg, mg, fl = res.get("fastgrad"), res.get("micrograd"), res.get("float")
-        base = getattr(W.WORKLOADS.get(wname), "compare_to", None)
-        if mg is None and base in results:   # e.g. replay against micrograd's rebuilding step
-            mg = results[base].get("micrograd")
+        fg, mg, fl = res.get("fastgrad"), micrograd_entry(results, wname), res.get("float")
         vs_mg = ratio(fg, mg) + " faster" if ratio(fg, mg) != "–" else (
             f"micrograd: {mg['error']}" if mg and "error" in mg else "–")
         if wname == "memory" and fg and mg and "median" in mg:
@@ -190,7 +196,7 @@ def chart(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     engines = ["fastgrad", "reference", "torch", "float"]
-    names = [w for w, r in results.items() if "micrograd" in r and "median" in r["micrograd"]]
+    names = [w for w in results if "median" in (micrograd_entry(results, w) or {})]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.8 / len(engines)
     for k, e in enumerate(engines):
@@ -199,7 +205,7 @@ def chart(results, path):
             r = results[w]
             if e in r and "median" in r[e]:
                 xs.append(n + k * width)
-                ys.append(r["micrograd"]["median"] / r[e]["median"])
+                ys.append(micrograd_entry(results, w)["median"] / r[e]["median"])
         if xs:
             bars = ax.bar(xs, ys, width, label=e)
             ax.bar_label(bars, labels=[f"{y:,.0f}x" if y >= 10 else f"{y:.1f}x" for y in ys],
