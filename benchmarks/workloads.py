@@ -376,6 +376,15 @@ class MlpReplay(MlpStep):
         return [float(p.data) for p in state[1][0].parameters()]
 
 
+class MlpReplayFused(MlpReplay):
+    """mlp-replay with MLP(..., fused=True): one 'affine' node per neuron."""
+    name = "mlp-replay-fused"
+
+    def model(self, engine):
+        random.seed(1337)
+        return nn_for(engine.Value).MLP(2, [16, 16, 1], fused=True)
+
+
 class OpsReplay(Backward):
     """recompute() and backward() together on the ops graph, built once (ns per node)."""
     name = "ops-replay"
@@ -478,8 +487,8 @@ class LectureOp(Workload):
         return [grad_of(v) for v in state[1][:-1:97]]
 
 
-WORKLOADS = {w.name: w for w in (Ops, Backward, MlpStep, MlpReplay, OpsReplay, Chain, Wide,
-                                  LectureOp)}
+WORKLOADS = {w.name: w for w in (Ops, Backward, MlpStep, MlpReplay, MlpReplayFused, OpsReplay,
+                                  Chain, Wide, LectureOp)}
 
 _made = {}
 
@@ -511,4 +520,5 @@ COVERAGE = {
     Op.TANH: "ops",
     Op.EXP: "ops",
     Op.CUSTOM: "lecture-op",
+    Op.AFFINE: "mlp-replay-fused",
 }

@@ -37,6 +37,7 @@ native_step = st.one_of(
     st.tuples(st.just("rconst"), st.sampled_from(BINARY), const, index),
     st.tuples(st.just("unary"), st.sampled_from(["neg", "relu", "tanh", "exp"]), index),
     st.tuples(st.just("pow"), index, st.sampled_from(EXPONENTS)),
+    st.tuples(st.just("affine"), index, index, index, const),
 )
 native_programs = st.tuples(leaves, st.lists(native_step, min_size=1, max_size=60))
 
@@ -83,6 +84,8 @@ def one_step(Value, s, nodes, native):
         return binary(s[1], s[2], pick(s[3]))
     if kind == "unary":
         return unary(Value, s[1], pick(s[2]), native)
+    if kind == "affine":            # b + w0 * x0 + w1 * x1 as one node (fastgrad only)
+        return Value._affine(pick(s[1]), [pick(s[2]), pick(s[3])], [pick(s[3]), s[4]])
     return pick(s[1]) ** s[2]
 
 

@@ -87,6 +87,21 @@ def test_demo_loss_curve_matches_micrograd():
         assert p.data == pytest.approx(q, rel=1e-9, abs=1e-12)
 
 
+def test_fused_mlp_follows_micrographs_loss_curve():
+    X, y = make_moons(n_samples=100, noise=0.1, seed=1337)
+    ours = build(nn.MLP, 1337, 2, [16, 16, 1], True)
+    assert repr(ours) == repr(build(micrograd.nn.MLP, 1337, 2, [16, 16, 1]))
+    out = ours([0.5, -0.5])
+    assert out._op == 'affine' and len(out._prev) == 1 + 16 + 16   # b, the w, the x
+    a = demo_losses(fastgrad.Value, ours, X, y, 20)
+    b, their_weights = micrograd_demo(20)
+    for (la, acc_a), (lb, acc_b) in zip(a, b):
+        assert la == pytest.approx(lb, rel=1e-9)
+        assert acc_a == acc_b
+    for p, q in zip(ours.parameters(), their_weights):
+        assert p.data == pytest.approx(q, rel=1e-9, abs=1e-12)
+
+
 def test_make_moons_shape():
     X, y = make_moons(100, 0.1, seed=0)
     assert len(X) == len(y) == 100 and sorted(set(y)) == [-1, 1]

@@ -92,6 +92,29 @@ def test_op_exp(Value, x):
     assert out._op == 'exp'
 
 
+@pytest.mark.parametrize("xs", ["values", "numbers"])
+def test_op_affine(Value, xs):
+    import micrograd.engine
+    b, ws = Value(0.25), [Value(A), Value(B), Value(-0.3)]
+    x = [Value(1.5), Value(-2.0), Value(0.7)] if xs == "values" else [1.5, -2, 0.7]
+    out = Value._affine(b, ws, x)
+    assert out._op == 'affine' and out._prev >= {b, *ws}
+    assert len(out._prev) == 7                  # b, the w, the x (numbers become leaves)
+    y = out * 3.0
+    y.backward()
+    # the same as micrograd's chain b + w0*x0 + w1*x1 + w2*x2, to the last bit for data
+    M = micrograd.engine.Value
+    mb, mws = M(0.25), [M(A), M(B), M(-0.3)]
+    mx = [M(1.5), M(-2.0), M(0.7)] if xs == "values" else [1.5, -2, 0.7]
+    chain = sum((w * xi for w, xi in zip(mws, mx)), mb)
+    (chain * 3.0).backward()
+    assert out.data == chain.data
+    assert b.grad == mb.grad == 3.0
+    assert [w.grad for w in ws] == [approx(w.grad) for w in mws]
+    if xs == "values":
+        assert [v.grad for v in x] == [approx(v.grad) for v in mx]
+
+
 def test_op_custom(Value):
     # a node made by the constructor, with a Python _backward: the lecture's way to add ops
     a, b, c = Value(1.5), Value(-2.0), Value(0.5)

@@ -12,7 +12,7 @@ from fastgrad import reference
 PUBLIC = ['data', 'grad', 'label', '_op', '_prev', '_backward', 'backward', 'relu', 'tanh',
           'exp', '__add__', '__radd__', '__mul__', '__rmul__', '__pow__', '__neg__',
           '__sub__', '__rsub__', '__truediv__', '__rtruediv__', '__repr__', '__reduce__',
-          '_sum_of_products']
+          '_sum_of_products', '_affine']
 
 
 def test_tests_import_the_installed_package():

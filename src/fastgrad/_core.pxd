@@ -15,7 +15,8 @@ cpdef enum Op:
     TANH = 5
     EXP = 6
     CUSTOM = 7
-    COUNT = 8
+    AFFINE = 8
+    COUNT = 9
 
 # Bits of Tape.flags[i].
 cdef enum:
@@ -32,10 +33,10 @@ cdef enum:
 cdef enum:
     NO_PARENTS = 1 << 30
 
-# A CUSTOM node's children: kids[0] is their number n, kids[1..n] the slots.
+# The children of a CUSTOM or AFFINE node: kids[0] is their number n, kids[1..n] the slots.
 ctypedef union param_t:
     real_t exponent   # POW: the constant exponent k
-    node_t* kids      # CUSTOM: malloc'd child list (NULL when it has no children)
+    node_t* kids      # CUSTOM, AFFINE: malloc'd child list (NULL when there are none)
 
 # The arena: one element of each array per slot.
 # Invariants:
@@ -44,8 +45,8 @@ ctypedef union param_t:
 #     edge, so `a + a` counts 2) + (1 if handle[i] is not NULL);
 #   - a live slot's index never moves; free slots have the FREE flag and form a list
 #     threaded through lhs, sorted by index whenever half the arena has been freed;
-#   - lhs/rhs are -1 where the op has fewer children; CUSTOM keeps its children in
-#     param[i].kids and has lhs = rhs = -1;
+#   - lhs/rhs are -1 where the op has fewer children; CUSTOM and AFFINE keep theirs in
+#     param[i].kids (AFFINE: b, w0, x0, w1, x1, ...) and have lhs = rhs = -1;
 #   - children of a node were created before it, but slot reuse means index order is not
 #     topological order: backward orders the reachable nodes with Kahn's algorithm;
 #   - waiting[i] is 0 outside an ordering pass.

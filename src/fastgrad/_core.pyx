@@ -166,6 +166,11 @@ cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexce
     return i
 
 
+cdef inline bint has_kids(uint8_t op) noexcept nogil:
+    # the ops whose children are a list in param[i].kids rather than lhs/rhs
+    return op == CUSTOM or op == AFFINE
+
+
 cdef inline bint drop_ref(node_t c) noexcept:
     """Drops one reference to c; True if that was the last one (c must then be freed)."""
     T.refs[c] -= 1
@@ -192,7 +197,7 @@ cdef void release(node_t i) noexcept:
     while pending != -1:
         j = pending
         pending = T.refs[j]
-        if T.op[j] == CUSTOM:
+        if has_kids(T.op[j]):
             kids = T.param[j].kids
             T.param[j].kids = NULL
             n = kids[0] if kids != NULL else 0
@@ -321,6 +326,27 @@ cdef inline void exp_backward(node_t i) noexcept nogil:
     T.grad[T.lhs[i]] += T.value[i] * T.grad[i]
 
 
+# AFFINE: out = b + w0 * x0 + w1 * x1 + ..., kids = [b, w0, x0, w1, x1, ...]; summed left
+# to right, so the value is micrograd's sum((w * x ...), b) to the last bit
+cdef inline real_t affine_forward(node_t* kids) noexcept nogil:
+    cdef node_t k
+    cdef real_t acc = T.value[kids[1]]
+    for k in range(2, kids[0], 2):
+        acc = acc + T.value[kids[k]] * T.value[kids[k + 1]]
+    return acc
+
+cdef inline void affine_backward(node_t i) noexcept nogil:
+    cdef node_t* kids = T.param[i].kids
+    cdef real_t g = T.grad[i]
+    cdef node_t k, w, x
+    T.grad[kids[1]] += g
+    for k in range(2, kids[0], 2):
+        w = kids[k]
+        x = kids[k + 1]
+        T.grad[w] += T.value[x] * g
+        T.grad[x] += T.value[w] * g
+
+
 # CUSTOM: Value(data, children, op); its rule is its Python _backward, if it has one
 cdef int custom_backward(node_t i) except -1:
     cdef Value h
@@ -345,13 +371,17 @@ cdef inline void builtin_rule(node_t i) noexcept nogil:
         tanh_backward(i)
     elif o == EXP:
         exp_backward(i)
+    elif o == AFFINE:
+        affine_backward(i)
 
 
 cdef inline int evaluate(node_t i) except -1:
     """Recomputes value[i] from its children's values (not for LEAF and CUSTOM nodes)."""
     cdef uint8_t o = T.op[i]
-    cdef real_t a = T.value[T.lhs[i]]
-    if o == ADD:
+    cdef real_t a = T.value[T.lhs[i]]   # (the sentinel's for AFFINE, unused)
+    if o == AFFINE:
+        T.value[i] = affine_forward(T.param[i].kids)
+    elif o == ADD:
         T.value[i] = add_forward(a, T.value[T.rhs[i]])
     elif o == MUL:
         T.value[i] = mul_forward(a, T.value[T.rhs[i]])
@@ -431,8 +461,8 @@ cdef int count_parents(node_t root, NodeList* queue) except -1:
             prefetch_ahead(queue.items, h, queue.size, False)
             v = queue.items[h]
             h += 1
-            if T.op[v] == CUSTOM:
-                custom = 1
+            if has_kids(T.op[v]):
+                custom |= T.op[v] == CUSTOM
                 kids = T.param[v].kids
                 n = kids[0] if kids != NULL else 0
                 for k in range(1, n + 1):
@@ -466,7 +496,7 @@ cdef inline void release_children(node_t v, node_t* queue, Py_ssize_t* t) noexce
     """Counts v as done for each child; a child whose parents are all done is enqueued."""
     cdef node_t c, k, n
     cdef node_t* kids
-    if T.op[v] == CUSTOM:
+    if has_kids(T.op[v]):
         kids = T.param[v].kids
         n = kids[0] if kids != NULL else 0
         for k in range(1, n + 1):
@@ -851,7 +881,7 @@ cdef class Value:
         cdef node_t i = check_slot(self), k
         cdef node_t* kids
         cdef set s = set()
-        if T.op[i] == CUSTOM:
+        if has_kids(T.op[i]):
             kids = T.param[i].kids
             if kids != NULL:
                 for k in range(1, kids[0] + 1):
@@ -950,6 +980,52 @@ cdef class Value:
             return attach(h, acc)
         finally:
             PyMem_Free(number)
+
+    @staticmethod
+    def _affine(start, ws, xs):
+        """start + ws[0] * xs[0] + ws[1] * xs[1] + ... as one node (op 'affine', children
+        start, ws and xs): the value and grads of micrograd's chain, in one node."""
+        cdef list w = list(ws), x = list(xs)
+        cdef Py_ssize_t k, n = min(len(w), len(x))
+        cdef node_t* kids = NULL
+        cdef real_t* number = NULL
+        cdef node_t i
+        cdef Value h
+        if type(start) is not Value or not all_values_or_reals(w, x, n):
+            return python_sum_of_products(start, w, x)
+        if n == 0:
+            return start
+        check_slot(<Value>start)
+        try:
+            # everything that can fail comes before the first node is made
+            if 2 * n + 1 > INT32_MAX:
+                raise MemoryError("fastgrad: too many terms for one node")
+            safe_realloc(<void**>&number, n, sizeof(real_t))
+            safe_realloc(<void**>&kids, 2 * n + 2, sizeof(node_t))
+            for k in range(n):
+                check_slot(<Value>w[k])
+                if type(x[k]) is Value:
+                    check_slot(<Value>x[k])
+                else:
+                    number[k] = x[k]
+            h = new_handle()
+            reserve(<node_t>(n + 1))            # a leaf per number, and the node
+        except BaseException:
+            PyMem_Free(kids)
+            PyMem_Free(number)
+            raise
+        kids[0] = <node_t>(2 * n + 1)
+        kids[1] = (<Value>start).slot
+        for k in range(n):
+            kids[2 + 2 * k] = (<Value>w[k]).slot
+            kids[3 + 2 * k] = (<Value>x[k]).slot if type(x[k]) is Value else \
+                push(LEAF, number[k], -1, -1)
+        PyMem_Free(number)
+        i = push(AFFINE, affine_forward(kids), -1, -1)
+        T.param[i].kids = kids
+        for k in range(1, 2 * n + 2):
+            add_ref(kids[k])
+        return attach(h, i)
 
     def relu(self):
         return unary(RELU, relu_forward(T.value[check_slot(self)]), self)

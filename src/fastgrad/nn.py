@@ -16,17 +16,24 @@ class Module:
 
 
 class Neuron(Module):
-    """act(w . x + b), with w drawn from uniform(-1, 1) and b = 0."""
+    """act(w . x + b), with w drawn from uniform(-1, 1) and b = 0.
 
-    def __init__(self, nin, nonlin=True):
+    fused=True makes w . x + b one 'affine' node (children b, w and x) instead of
+    micrograd's chain of '*' and '+' nodes: the same values and grads, a smaller graph."""
+
+    def __init__(self, nin, nonlin=True, fused=False):
         self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
         self.b = Value(0)
         self.nonlin = nonlin
+        self.fused = fused
 
     def __call__(self, x):
         # micrograd's sum((wi*xi for wi, xi in zip(self.w, x)), self.b): the same nodes,
-        # b + w0*x0 + w1*x1 + ..., made by the engine in one call
-        act = Value._sum_of_products(self.b, self.w, x)
+        # b + w0*x0 + w1*x1 + ..., made by the engine in one call (or one fused node)
+        if self.fused:
+            act = Value._affine(self.b, self.w, x)
+        else:
+            act = Value._sum_of_products(self.b, self.w, x)
         return act.relu() if self.nonlin else act
 
     def parameters(self):
@@ -54,11 +61,13 @@ class Layer(Module):
 
 
 class MLP(Module):
-    """Layers of sizes nin -> nouts[0] -> ... -> nouts[-1]; the last one is linear."""
+    """Layers of sizes nin -> nouts[0] -> ... -> nouts[-1]; the last one is linear.
+    fused=True gives every neuron one 'affine' node (see Neuron)."""
 
-    def __init__(self, nin, nouts):
+    def __init__(self, nin, nouts, fused=False):
         sz = [nin] + nouts
-        self.layers = [Layer(sz[i], sz[i + 1], nonlin=i != len(nouts) - 1) for i in range(len(nouts))]
+        self.layers = [Layer(sz[i], sz[i + 1], nonlin=i != len(nouts) - 1, fused=fused)
+                       for i in range(len(nouts))]
 
     def __call__(self, x):
         for layer in self.layers:

@@ -17,7 +17,8 @@ class Op(IntEnum):
     TANH = 5     # tanh(lhs)
     EXP = 6      # exp(lhs)
     CUSTOM = 7   # Value(data, children, op): any children, an optional Python _backward
-    COUNT = 8    # sentinel: the number of op codes
+    AFFINE = 8   # b + w0 * x0 + w1 * x1 + ...: a neuron's pre-activation in one node
+    COUNT = 9    # sentinel: the number of op codes
 
 
 # how many children a node of each op has (None: any number)
@@ -30,6 +31,7 @@ ARITY = {
     Op.TANH: 1,
     Op.EXP: 1,
     Op.CUSTOM: None,
+    Op.AFFINE: None,     # 1 + 2 * terms: b, w0, x0, w1, x1, ...
 }
 
 # the `_op` string micrograd shows for a node ('**' is followed by the exponent, as in
@@ -43,6 +45,7 @@ SYMBOL = {
     Op.TANH: 'tanh',
     Op.EXP: 'exp',
     Op.CUSTOM: '',
+    Op.AFFINE: 'affine',
 }
 
 # the local chain rule of each op, with g the node's grad: what is added into each child
@@ -55,6 +58,7 @@ DERIVATIVE = {
     Op.TANH: 'lhs.grad += (1 - out.data ** 2) * g',
     Op.EXP: 'lhs.grad += out.data * g',
     Op.CUSTOM: 'whatever its Python _backward does (nothing if it has none)',
+    Op.AFFINE: 'b.grad += g; w_k.grad += x_k.data * g; x_k.grad += w_k.data * g',
 }
 
 

@@ -94,6 +94,24 @@ def _exp_rule(out):
     out._children[0]._grad += out._data * out._grad
 
 
+def _affine_rule(out):
+    b, *terms = out._children
+    g = out._grad
+    b._grad += g
+    for k in range(0, len(terms), 2):
+        w, x = terms[k], terms[k + 1]
+        w._grad += x._data * g
+        x._grad += w._data * g
+
+
+def _affine_forward(out, b, *terms):
+    # summed left to right: micrograd's sum((w * x ...), b) to the last bit
+    acc = b
+    for k in range(0, len(terms), 2):
+        acc = acc + terms[k] * terms[k + 1]
+    return acc
+
+
 def _no_rule(out):
     pass
 
@@ -107,6 +125,7 @@ RULES = {
     Op.TANH: _tanh_rule,
     Op.EXP: _exp_rule,
     Op.CUSTOM: _no_rule,   # a CUSTOM node's rule is its Python _backward, if any
+    Op.AFFINE: _affine_rule,
 }
 
 
@@ -118,6 +137,7 @@ FORWARD = {
     Op.RELU: lambda out, a: 0.0 if a < 0 else a,
     Op.TANH: lambda out, a: math.tanh(a),
     Op.EXP: lambda out, a: math.exp(a),
+    Op.AFFINE: _affine_forward,
 }
 
 
@@ -262,6 +282,25 @@ class Value:
         for wi, xi in zip(ws, xs):
             act = act + wi * xi
         return act
+
+    @staticmethod
+    def _affine(start, ws, xs):
+        """start + ws[0] * xs[0] + ws[1] * xs[1] + ... as one node (op 'affine', children
+        start, ws and xs): the value and grads of micrograd's chain, in one node."""
+        ws, xs = list(ws), list(xs)
+        n = min(len(ws), len(xs))
+        fast = type(start) is Value and all(
+            type(w) is Value and (type(x) is Value or isinstance(x, (int, float)))
+            for w, x in zip(ws, xs))
+        if not fast:
+            return Value._sum_of_products(start, ws, xs)
+        if n == 0:
+            return start
+        children = [start]
+        for w, x in zip(ws, xs):
+            children += [w, x if type(x) is Value else Value._node(Op.LEAF, float(x), ())]
+        return Value._node(Op.AFFINE, _affine_forward(None, *(c._data for c in children)),
+                           tuple(children))
 
     def relu(self):
         return Value._node(Op.RELU, 0.0 if self._data < 0 else self._data, (self,))
