@@ -620,48 +620,47 @@ cdef bytes order_of(node_t root):
 cdef int recompute_from(node_t root) except -1:
     """Re-evaluates every node under root, children first, from the leaves' current data,
     and zeroes the grads of the nodes it re-evaluated: the graph is then as if built anew
-    from those leaves. All or nothing: if an op raises (0 ** -1, exp overflow, ...), every
-    value is put back and the exception propagates."""
+    from those leaves. All or nothing: if an op raises (0 ** -1, exp overflow, a custom
+    op that cannot be replayed), every value and grad is put back and the exception
+    propagates. One pass over the cached order, prefetching ahead as the sweep does."""
     cdef bytes order = order_of(root)
     cdef node_t* items = <node_t*>PyBytes_AS_STRING(order)
-    cdef Py_ssize_t n = len(order) // sizeof(node_t), s
-    cdef real_t* saved = NULL
+    cdef Py_ssize_t n = len(order) // sizeof(node_t), s = n - 1, k
+    cdef real_t* saved = NULL           # saved[2s], saved[2s + 1]: value and grad at s
     cdef node_t v
     cdef uint8_t o
-    cdef bint fallible = False          # POW and EXP can raise; the others cannot
-    for s in range(n):
-        v = items[s]
-        o = T.op[v]
-        if o == CUSTOM and T.param[v].kids != NULL:
-            raise TypeError(
-                f"recompute() cannot re-evaluate the custom op {handle_of(v)._op!r}: its "
-                "value was computed by Python code; rebuild the graph instead")
-        fallible |= o == POW or o == EXP
-    if not fallible:
-        for s in range(n - 1, -1, -1):
+    safe_realloc(<void**>&saved, 2 * n, sizeof(real_t))
+    try:
+        while s >= 0:
+            if s >= AHEAD:
+                v = items[s - AHEAD]
+                prefetch_node(v)
+                prefetch(&T.value[v])
+                prefetch(&T.param[v])
+            if s >= AHEAD // 2:
+                prefetch_children(items[s - AHEAD // 2], True)
             v = items[s]
-            if T.op[v] != LEAF and T.op[v] != CUSTOM:
+            o = T.op[v]
+            if o == CUSTOM:
+                if T.param[v].kids != NULL:
+                    raise TypeError(
+                        f"recompute() cannot re-evaluate the custom op {handle_of(v)._op!r}: "
+                        "its value was computed by Python code; rebuild the graph instead")
+            elif o != LEAF:
+                saved[2 * s] = T.value[v]
+                saved[2 * s + 1] = T.grad[v]
                 evaluate(v)
                 T.grad[v] = 0.0
-        return 0
-    safe_realloc(<void**>&saved, n, sizeof(real_t))
-    try:
-        for s in range(n):
-            saved[s] = T.value[items[s]]
-        for s in range(n - 1, -1, -1):
-            v = items[s]
-            if T.op[v] != LEAF and T.op[v] != CUSTOM:
-                evaluate(v)
+            s -= 1
     except BaseException:
-        for s in range(n):
-            T.value[items[s]] = saved[s]
+        for k in range(n - 1, s - 1, -1):  # what this pass touched, the failed node too
+            v = items[k]
+            if T.op[v] != LEAF and T.op[v] != CUSTOM:
+                T.value[v] = saved[2 * k]
+                T.grad[v] = saved[2 * k + 1]
         raise
     finally:
         PyMem_Free(saved)
-    for s in range(n):
-        v = items[s]
-        if T.op[v] != LEAF and T.op[v] != CUSTOM:
-            T.grad[v] = 0.0
     return 0
 
 
