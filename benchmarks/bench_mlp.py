@@ -1,4 +1,4 @@
-"""micrograd's demo training step."""
+"""micrograd's demo training step: rebuilt every step, and replayed."""
 import pytest
 
 import workloads as W
@@ -6,5 +6,6 @@ from conftest import bench
 
 
 @pytest.mark.parametrize("engine", ["fastgrad", "reference", "micrograd", "torch"])
-def test_mlp_step(benchmark, engine):
-    bench(benchmark, W.workload("mlp-step"), engine)
+@pytest.mark.parametrize("name", ["mlp-step", "mlp-replay", "mlp-replay-fused"])
+def test_mlp_step(benchmark, name, engine):
+    bench(benchmark, W.workload(name), engine)

@@ -1,4 +1,4 @@
-"""The graph workloads: ops (forward), backward, chain, wide, lecture-op."""
+"""The graph workloads: ops (forward), backward, ops-replay, chain, wide, lecture-op."""
 import pytest
 
 import workloads as W
@@ -6,6 +6,6 @@ from conftest import bench
 
 
 @pytest.mark.parametrize("engine", ["float", "fastgrad", "reference", "micrograd", "torch"])
-@pytest.mark.parametrize("name", ["ops", "backward", "chain", "wide", "lecture-op"])
+@pytest.mark.parametrize("name", ["ops", "backward", "ops-replay", "chain", "wide", "lecture-op"])
 def test_graph(benchmark, name, engine):
     bench(benchmark, W.workload(name), engine)
