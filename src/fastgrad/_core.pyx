@@ -759,6 +759,20 @@ cdef bint all_values_or_reals(list w, list x, Py_ssize_t n):
     return True
 
 
+cdef int read_terms(Value start, list w, list x, Py_ssize_t n, real_t* number) except -1:
+    """Checks the handles of start + w[k] * x[k] ... and reads its number operands into
+    number[k]: all of a sum of products' work that can fail."""
+    cdef Py_ssize_t k
+    check_slot(start)
+    for k in range(n):
+        check_slot(<Value>w[k])
+        if type(x[k]) is Value:
+            check_slot(<Value>x[k])
+        else:
+            number[k] = x[k]
+    return 0
+
+
 cdef object python_sum_of_products(start, list w, list x):
     # what Value._sum_of_products stands for, for operands the fast path does not take
     act = start
@@ -959,16 +973,11 @@ cdef class Value:
             return python_sum_of_products(start, w, x)
         if n == 0:
             return start
-        acc = check_slot(<Value>start)
+        acc = (<Value>start).slot
         try:
             # everything that can fail comes before the first node is made
             safe_realloc(<void**>&number, n, sizeof(real_t))
-            for k in range(n):
-                check_slot(<Value>w[k])
-                if type(x[k]) is Value:
-                    check_slot(<Value>x[k])
-                else:
-                    number[k] = x[k]
+            read_terms(<Value>start, w, x, n, number)
             h = new_handle()
             reserve(<node_t>min(3 * n, INT32_MAX))  # per term: a leaf for a number, '*', '+'
             for k in range(n):
@@ -994,19 +1003,13 @@ cdef class Value:
             return python_sum_of_products(start, w, x)
         if n == 0:
             return start
-        check_slot(<Value>start)
         try:
             # everything that can fail comes before the first node is made
             if 2 * n + 1 > INT32_MAX:
                 raise MemoryError("fastgrad: too many terms for one node")
             safe_realloc(<void**>&number, n, sizeof(real_t))
             safe_realloc(<void**>&kids, 2 * n + 2, sizeof(node_t))
-            for k in range(n):
-                check_slot(<Value>w[k])
-                if type(x[k]) is Value:
-                    check_slot(<Value>x[k])
-                else:
-                    number[k] = x[k]
+            read_terms(<Value>start, w, x, n, number)
             h = new_handle()
             reserve(<node_t>(n + 1))            # a leaf per number, and the node
         except BaseException:
