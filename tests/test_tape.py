@@ -395,3 +395,56 @@ def test_sum_of_products_failures_make_no_nodes(C):
         C._sum_of_products(b, [C(1.0), C.__new__(C)], [1.0, 2.0])
     assert live() == base
     assert C._sum_of_products(b, ws, [1.0, 2.0]).data == 1.0 + 2.0 + 6.0
+
+
+EXHAUSTION = """
+import resource
+from fastgrad._core import Value, _tape_stats
+a = Value(2.0)
+y = a * 3.0
+keep = []
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))    # as `ulimit -v` does
+try:
+    while True:                                  # grow the tape until allocation fails
+        keep.append(Value(1.0) * 2.0)
+except MemoryError:
+    pass
+n = len(keep)
+del keep
+y.backward()                                     # the existing graph is intact
+assert (y.data, a.grad) == (6.0, 3.0)
+z = sum(Value(float(i)) for i in range(1000))    # and the process goes on
+assert z.data == 499500.0
+print("ok", n)
+"""
+
+
+@compiled
+def test_running_out_of_memory_raises_and_keeps_the_graph():
+    # a fresh interpreter under an address-space limit a little above what it needs now
+    import resource
+    limit = 600 * 1024 * 1024
+    out = subprocess.run([sys.executable, "-c", EXHAUSTION.format(limit=limit)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stdout + out.stderr
+    assert int(out.stdout.split()[1]) > 1000      # it did build a good deal first
+
+
+@compiled
+def test_free_list_length_is_size_minus_live(C):
+    # reserve() counts on it: a free slot is reused before the tape grows
+    random.seed(5)
+    keep = []
+    for step in range(3000):
+        keep.append((C(random.random()) * 2.0 + 1.0).tanh())
+        if step % 7 == 0:
+            del keep[random.randrange(len(keep))]
+        if step % 500 == 0:
+            keep = keep[::2]
+    gc.collect()
+    st = core._tape_stats()
+    assert core._test_free_list_length() == st["size"] - st["live"]
+    del keep
+    gc.collect()
+    st = core._tape_stats()
+    assert core._test_free_list_length() == st["size"] - st["live"]

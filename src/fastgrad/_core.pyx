@@ -103,9 +103,11 @@ cdef int grow(node_t needed) except -1:
 
 
 cdef inline int reserve(node_t n) except -1:
-    # Conservative: ignores the free list, so that `push` after it can never fail.
-    if T.size > T.capacity - n:
-        grow(T.size + n)
+    # push takes free slots first (size - live of them), then new ones at size; after
+    # reserve(n), n pushes cannot fail
+    cdef node_t fresh = n - (T.size - T.live)
+    if fresh > 0 and T.size > T.capacity - fresh:
+        grow(T.size + fresh)
     return 0
 
 
@@ -1141,6 +1143,17 @@ def _tape_stats():
     and the slots held by the orders that root handles cache."""
     return {'live': T.live, 'size': T.size, 'capacity': T.capacity, 'free': T.size - T.live,
             'cached': T.cached}
+
+
+def _test_free_list_length():
+    """Walks the free list; reserve() relies on its length being size - live."""
+    cdef node_t j = T.free_head, n = 0
+    while j >= 0:
+        if not T.flags[j] & FREE:
+            raise AssertionError(f"slot {j} is on the free list without the FREE flag")
+        n += 1
+        j = T.lhs[j]
+    return n
 
 
 def _test_fail_allocs(n):
