@@ -53,7 +53,7 @@ ctypedef union param_t:
 cdef struct Tape:
     real_t* value       # value[i]: the node's data (forward result)
     real_t* grad        # grad[i]: d(root)/d(node), accumulated by the reverse sweep
-    param_t* param      # param[i]: POW exponent or CUSTOM child list
+    param_t* param      # param[i]: POW exponent, or CUSTOM / AFFINE child list
     node_t* lhs         # lhs[i]: first child, -1 if none; next free slot when free
     node_t* rhs         # rhs[i]: second child, -1 if none
     int32_t* refs       # refs[i]: parent edges + live handle, as above; 0 when free
