@@ -151,8 +151,7 @@ cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexce
         i = T.size
         T.size += 1
     T.value[i] = value
-    T.grad[i] = 0.0
-    T.param[i].exponent = 0.0
+    T.grad[i] = 0.0                     # (param[i] is set by the ops that have one)
     T.lhs[i] = lhs
     T.rhs[i] = rhs
     T.refs[i] = 0
