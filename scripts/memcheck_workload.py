@@ -2,7 +2,8 @@
 
 Training steps, custom ops (pinning and their GC cycles), the arena growing under a sweep,
 an exception out of a custom _backward, labels and handles re-made through _prev,
-pickling, injected allocation failures, a deep chain freed iteratively, a bare handle.
+pickling, injected allocation failures, a deep chain freed iteratively, a bare handle,
+a descending pass handed over to Kahn's algorithm.
 """
 import gc, pickle, random
 from fastgrad._core import Value, _tape_stats, _test_fail_allocs
@@ -50,3 +51,19 @@ for _ in range(20000): y = y * 1.0001 + 0.5
 y.backward(); del y; gc.collect()
 v = Value.__new__(Value); del v
 print(_tape_stats())
+# a graph that descends the slots, swept in one pass, handed over to Kahn's algorithm
+# when its leaves lie far below it, with and without memory for the handover
+for fail in (-1, 0, 1, 2):
+    hold = [Value(0.0) for _ in range(_tape_stats()["free"])]
+    p = [Value(0.5 + 0.1 * k) for k in range(3)]
+    q = p[0] * p[1]
+    s = Value._affine(p[2], [q, p[0]], [p[1], 2.0])
+    gap = [Value(1.0) for _ in range(6000)]
+    top = q
+    for _ in range(20):
+        top = (top * s + q).relu() * 0.5 + p[0]
+    _test_fail_allocs(fail)
+    top.backward()
+    _test_fail_allocs(-1)
+    top.backward()
+    del hold, p, q, s, gap, top

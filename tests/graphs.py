@@ -93,15 +93,20 @@ def pick_data(nodes, i):
     return nodes[i % len(nodes)].data
 
 
-def run(Value, program, skips=None, native=True, on_backward=None):
+def run(Value, program, skips=None, native=True, on_backward=None, holes=False):
     """Replays program; returns (nodes, skips, roots). native=False builds tanh and exp
-    as custom ops (micrograd has neither). skips=None: decide them here (the oracle)."""
+    as custom ops (micrograd has neither). skips=None: decide them here (the oracle).
+    holes=True frees, before every other step, a node made before the leaves: fastgrad
+    reuses its slot, so some nodes sit below their children in the arena."""
     leaf_data, steps = program
+    spare = [Value(0.0) for _ in range(len(steps))] if holes else []
     nodes = [Value(float(x)) for x in leaf_data]
     deciding = skips is None
     skips = [] if deciding else list(skips)
     roots = []
     for n, s in enumerate(steps):
+        if spare and n % 2:
+            spare.pop()
         if s[0] == "backward":
             root = nodes[s[1] % len(nodes)]
             root.backward()

@@ -70,14 +70,14 @@ def test_against_torch(Value, expr):
         assert v.grad == pytest.approx(t.grad.item(), rel=1e-12)
 
 
-def compare_program(Value, program):
+def compare_program(Value, program, holes=False):
     mags = Magnitudes()
     try:
         oracle, skips, roots = run(micrograd.engine.Value, program, native=False)
     except ArithmeticError:
         assume(False)      # micrograd's own backward raised (Python pow in its closures)
     ref, _, _ = run(reference.Value, program, skips, native=False, on_backward=mags.backward)
-    ours, _, _ = run(Value, program, skips)
+    ours, _, _ = run(Value, program, skips, holes=holes)
     assert len(ours) == len(oracle)
     for k, (o, m, r) in enumerate(zip(ours, oracle, ref)):
         assert close(o.data, m.data, 0.0, rel=1e-12), (k, o.data, m.data)
@@ -91,6 +91,14 @@ def compare_program(Value, program):
 @given(programs)
 def test_random_graphs_match_micrograd(Value, program):
     compare_program(Value, program)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(programs)
+def test_random_graphs_in_reused_slots_match_micrograd(Value, program):
+    # fastgrad sweeps a graph by slot order where that is a topological order, else with
+    # Kahn's algorithm; reused slots mix both within one graph
+    compare_program(Value, program, holes=True)
 
 
 def test_backward_from_intermediate_then_root(Value):

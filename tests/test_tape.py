@@ -125,18 +125,132 @@ def test_failed_growth_raises_memoryerror_and_keeps_the_graph(fail_after):
     fresh(GROWTH_FAILURE.format(fail_after=fail_after))
 
 
+def on_top(C, x):
+    """A new leaf in a slot above every free slot, with some free slots left below it: the
+    nodes made next land below it, so a graph over it does not descend the slots."""
+    drain = [C(0.0) for _ in range(core._tape_stats()["free"] + 8)]
+    v = C(x)
+    del drain
+    return v
+
+
+def fresh_slots(C):
+    """Holds every free slot, so that the nodes made next go to fresh slots at the top, in
+    creation order (the caller keeps the returned list alive meanwhile)."""
+    return [C(0.0) for _ in range(core._tape_stats()["free"])]
+
+
+@compiled
+def test_slot_order_decides_the_sweep_not_the_result(C):
+    from micrograd.engine import Value as M
+
+    def expr(V, a, b):
+        c = a * b + a
+        d = (c ** 2).relu() + c.relu() * b ** 3 - 1 / c
+        return d * c + a
+
+    hold = fresh_slots(C)
+    a1, b1 = C(0.7), C(-1.3)
+    y1 = expr(C, a1, b1)
+    a2, b2 = on_top(C, 0.7), on_top(C, -1.3)
+    y2 = expr(C, a2, b2)
+    ma, mb = M(0.7), M(-1.3)
+    my = expr(M, ma, mb)
+    assert core._test_descends(y1) and not core._test_descends(y2)
+    for y in (y1, y2, my):
+        y.backward()
+        y.backward()                            # again, from the cached order
+    for a, b in ((a1, b1), (a2, b2)):
+        assert (a.grad, b.grad) == (pytest.approx(ma.grad, rel=1e-12), pytest.approx(mb.grad, rel=1e-12))
+    # a node with a Python _backward anywhere under it: the general sweep
+    z = C(y1.data, (y1,), 'id')
+    assert not core._test_descends(z)
+    assert core._test_counts_clear()
+    del hold
+
+
+def sparse_graph(C, descending=True):
+    """A small graph whose leaves lie far below it in the arena (20,000 live nodes in
+    between): the descending pass hands it over to Kahn's algorithm partway. Nodes under
+    the handover point name each other (q under r, p0 under both), and one is fused.
+    With descending=False, the same graph with its leaves above it (Kahn's algorithm)."""
+    hold = fresh_slots(C)
+    p = [C(0.5 + 0.1 * k) if descending else on_top(C, 0.5 + 0.1 * k) for k in range(4)]
+    q = p[0] * p[1]
+    r = q + p[0]
+    s = C._affine(p[2], [p[3], q], [r, 1.5])
+    gap = [C(1.0) for _ in range(20_000)]
+    top = p[3]
+    for _ in range(50):
+        top = (top * r + q * s).relu() * 0.5 + p[0]
+    return hold, gap, p, top
+
+
+def sparse_graph_grads(M):
+    """micrograd's grads of sparse_graph's leaves (the fused node spelled out)."""
+    p = [M(0.5 + 0.1 * k) for k in range(4)]
+    q = p[0] * p[1]
+    r = q + p[0]
+    s = p[2] + p[3] * r + q * 1.5
+    top = p[3]
+    for _ in range(50):
+        top = (top * r + q * s).relu() * 0.5 + p[0]
+    top.backward()
+    return [v.grad for v in p]
+
+
+@compiled
+def test_descending_pass_hands_a_sparse_graph_to_kahn(C):
+    from micrograd.engine import Value as M
+    expected = sparse_graph_grads(M)
+    hold, gap, p, top = sparse_graph(C)
+    assert core._test_descends(top)
+    top.backward()
+    assert [v.grad for v in p] == [pytest.approx(g, rel=1e-12) for g in expected]
+    assert core._test_counts_clear()
+    # again from the cached order (the swept nodes, then Kahn's): as Kahn's algorithm
+    # does it, intermediate grads accumulating (a fused node's differ from micrograd's here)
+    _, _, p2, top2 = sparse_graph(C, descending=False)
+    assert not core._test_descends(top2)
+    top2.backward()
+    for v in p + p2:
+        v.grad = 0.0
+    top.backward()
+    top2.backward()
+    assert [v.grad for v in p] == [pytest.approx(v.grad, rel=1e-12) for v in p2]
+
+
+@compiled
+@pytest.mark.parametrize("fail_after", range(6))
+def test_descending_pass_never_fails_for_memory(C, fail_after):
+    # its allocations (the order it records, the handover's lists) are optional: when one
+    # fails the pass goes on without it, so backward() still completes and is exact
+    from micrograd.engine import Value as M
+    expected = sparse_graph_grads(M)
+    hold, gap, p, top = sparse_graph(C)
+    core._test_fail_allocs(fail_after)
+    try:
+        top.backward()
+    finally:
+        core._test_fail_allocs(-1)
+    assert [v.grad for v in p] == [pytest.approx(g, rel=1e-12) for g in expected]
+    assert core._test_counts_clear()
+
+
 @compiled
 def test_failed_ordering_allocation_leaves_no_counts(C):
-    a = C(1.0)
+    a = on_top(C, 1.0)
     y = a
     for _ in range(500):
         y = y * 1.0 + a
+    assert not core._test_descends(y)   # Kahn's algorithm, whose lists must be allocated
     core._test_fail_allocs(3)
     try:
         with pytest.raises(MemoryError):
             y.backward()
     finally:
         core._test_fail_allocs(-1)
+    assert core._test_counts_clear()
     y.backward()                       # a stale parent count would cut the sweep short
     assert a.grad == 501.0
 

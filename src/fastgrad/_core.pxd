@@ -1,5 +1,5 @@
 # C declarations of the tape arena. Declarations only: implementations are in _core.pyx.
-from libc.stdint cimport int32_t, uint8_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t
 from cpython.object cimport PyObject
 
 ctypedef double real_t      # a node's value, grad and constant parameter
@@ -28,6 +28,8 @@ cdef enum:
     POW_BOOL = 32   # POW: the exponent was a bool, shown as True/False
     FREE = 64       # the slot is on the free list
     HAS_ORDER = 128 # _orders holds the order a backward() from this node computed
+    DESCENDS = 256  # every edge under this node goes to a lower slot, and no CUSTOM node
+                    # is under it: decreasing slot order is a topological order of its graph
 
 # waiting[-1]: never reaches 0, however many passes count and uncount it.
 cdef enum:
@@ -48,7 +50,9 @@ ctypedef union param_t:
 #   - lhs/rhs are -1 where the op has fewer children; CUSTOM and AFFINE keep theirs in
 #     param[i].kids (AFFINE: b, w0, x0, w1, x1, ...) and have lhs = rhs = -1;
 #   - children of a node were created before it, but slot reuse means index order is not
-#     topological order: backward orders the reachable nodes with Kahn's algorithm;
+#     always topological order. Where it is (DESCENDS, fixed when the node is made, since
+#     slots and children never change), backward sweeps the slots downwards from the root;
+#     elsewhere it orders the reachable nodes with Kahn's algorithm;
 #   - waiting[i] is 0 outside an ordering pass.
 cdef struct Tape:
     real_t* value       # value[i]: the node's data (forward result)
@@ -62,7 +66,7 @@ cdef struct Tape:
     int32_t* waiting    # waiting[i]: during ordering, reachable parents not yet ordered;
                         # 0 outside ordering (waiting_block + 1)
     uint8_t* op         # op[i]: an Op code
-    uint8_t* flags      # flags[i]: HAS_LABEL | HAS_OPSTR | ... bits
+    uint16_t* flags     # flags[i]: HAS_LABEL | HAS_OPSTR | ... bits
     PyObject** handle   # handle[i]: borrowed pointer to the live Value handle, or NULL
     node_t size         # slots [0, size) have been handed out at least once
     node_t capacity     # length of every array
@@ -82,8 +86,9 @@ cdef struct NodeList:
 cdef int reserve(node_t n) except -1             # room for n more slots
 cdef node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexcept  # after reserve
 cdef void release(node_t i) noexcept             # drop one reference to i, free what dies
-cdef int count_parents(node_t root, NodeList* queue) except -1  # 1 if CUSTOM nodes reachable
-cdef void finish_order(NodeList* queue) noexcept nogil  # queue rewritten parents-first
+cdef int count_parents(NodeList* queue) except -1  # 1 if CUSTOM nodes reachable
+cdef Py_ssize_t ready_roots(NodeList* queue, Py_ssize_t nroots) noexcept nogil
+cdef void finish_order(NodeList* queue, Py_ssize_t ready) noexcept nogil  # parents-first
 cdef int sweep(NodeList* topo) except -1         # rules in topo order; -1 if a _backward raised
 cdef int backward_from(node_t root) except -1    # micrograd's backward from root
 cdef int recompute_from(node_t root) except -1   # forward again; all or nothing
