@@ -37,8 +37,15 @@ test-debug:
 	$(MAKE) VENV=.venv-debug FASTGRAD_CYTHON_DEBUG=1 install
 	.venv-debug/bin/python -m pytest tests -x -q
 
-# the engine's awkward paths under valgrind memcheck: no invalid access, no definite leak
+# Memory safety. The whole test suite on a debug build under AddressSanitizer (invalid
+# reads and writes, use after free, double free; PYTHONMALLOC=malloc so that it sees
+# every allocation), then the engine's awkward paths under valgrind memcheck, which also
+# finds leaks (no definite leak from fastgrad's code; CPython's own are not judged).
+ASAN_RUNTIME = $(shell $(CC) -print-file-name=libasan.so)
 check-memory: install
+	$(MAKE) VENV=.venv-asan FASTGRAD_CYTHON_DEBUG=1 FASTGRAD_SANITIZE=address install
+	LD_PRELOAD=$(ASAN_RUNTIME) ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
+		FASTGRAD_SANITIZED=1 .venv-asan/bin/python -m pytest tests -q -x
 	$(PY) scripts/check_memory.py $(PY)
 
 annotate: $(PY)
@@ -55,4 +62,4 @@ bench-pytest: install
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-columns=median,iqr,rounds
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/fastgrad/*.so src/fastgrad/_core.c .venv .venv-debug bench-results
+	rm -rf build dist *.egg-info src/*.egg-info src/fastgrad/*.so src/fastgrad/_core.c .venv .venv-debug .venv-asan bench-results

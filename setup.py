@@ -3,19 +3,27 @@
 Build modes, chosen by environment variables at build time:
   (default)                 compiled engine, Cython directives for speed
   FASTGRAD_CYTHON_DEBUG=1   boundscheck, wraparound and initializedcheck back on, -O0 -g
+  FASTGRAD_SANITIZE=address built with AddressSanitizer (run with its runtime preloaded:
+                            `make check-memory` does)
   FASTGRAD_PUREPYTHON=1     no extension: fastgrad runs on its pure-Python reference engine
 
-Metadata lives in pyproject.toml.
+Each mode builds in its own directory (build/<mode>), so that switching modes never
+reuses another mode's objects. Metadata lives in pyproject.toml.
 """
 import os
 
 from setuptools import Extension, setup
 
 ext_modules = []
+mode = "release"
 if not os.environ.get("FASTGRAD_PUREPYTHON"):
     from Cython.Build import cythonize
 
     debug = bool(os.environ.get("FASTGRAD_CYTHON_DEBUG"))
+    sanitize = [f"-fsanitize={os.environ['FASTGRAD_SANITIZE']}", "-fno-omit-frame-pointer"] \
+        if os.environ.get("FASTGRAD_SANITIZE") else []
+    mode = "-".join(m for m in ("debug" * debug, os.environ.get("FASTGRAD_SANITIZE", "")) if m) \
+        or "release"
     directives = {
         "language_level": 3,
         "boundscheck": debug,
@@ -29,9 +37,11 @@ if not os.environ.get("FASTGRAD_PUREPYTHON"):
             "fastgrad._core",
             ["src/fastgrad/_core.pyx"],
             # no fused multiply-add: every operation rounds as Python's float arithmetic does
-            extra_compile_args=(["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"],
+            extra_compile_args=(["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"] + sanitize,
+            extra_link_args=sanitize,
         )],
         compiler_directives=directives,
+        build_dir=f"build/{mode}",
     )
 
-setup(ext_modules=ext_modules)
+setup(ext_modules=ext_modules, options={"build": {"build_base": f"build/{mode}"}})

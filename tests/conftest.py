@@ -1,7 +1,10 @@
 """The `engine` fixture: every engine test runs on the compiled engine and the reference.
 
 With FASTGRAD_PUREPYTHON=1 (or --no-compiled, for a build without the extension) only
-the reference runs; `fastgrad.nn` then uses the reference too.
+the reference runs; `fastgrad.nn` then uses the reference too. With FASTGRAD_SANITIZED=1
+(`make check-memory`, under AddressSanitizer) the tests marked `unsanitized` are skipped:
+they measure resident memory or limit the address space, which ASan's shadow memory and
+quarantine change.
 """
 import os
 
@@ -10,6 +13,7 @@ import pytest
 from fastgrad import reference
 
 PURE = bool(os.environ.get("FASTGRAD_PUREPYTHON"))
+SANITIZED = bool(os.environ.get("FASTGRAD_SANITIZED"))
 
 
 def pytest_addoption(parser):
@@ -18,12 +22,13 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    if not (PURE or config.getoption("--no-compiled")):
-        return
-    skip = pytest.mark.skip(reason="compiled engine deselected")
+    skip_compiled = pytest.mark.skip(reason="compiled engine deselected")
+    skip_sanitized = pytest.mark.skip(reason="measures memory, which AddressSanitizer changes")
     for item in items:
-        if "compiled" in item.keywords:
-            item.add_marker(skip)
+        if "compiled" in item.keywords and (PURE or config.getoption("--no-compiled")):
+            item.add_marker(skip_compiled)
+        if "unsanitized" in item.keywords and SANITIZED:
+            item.add_marker(skip_sanitized)
 
 
 def _compiled_value():

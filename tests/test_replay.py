@@ -122,6 +122,7 @@ def test_moons_example_follows_micrographs_loss_curve():
         assert acc_a == acc_b
 
 
+@pytest.mark.unsanitized
 def test_replayed_steps_keep_memory_flat():
     # 10,000 replayed steps of a small model, each also building and dropping a fresh
     # graph (whose cached order must go with it): resident memory stays put

@@ -388,10 +388,12 @@ cdef inline void builtin_rule(node_t i) noexcept nogil:
 cdef inline int evaluate(node_t i) except -1:
     """Recomputes value[i] from its children's values (not for LEAF and CUSTOM nodes)."""
     cdef uint8_t o = T.op[i]
-    cdef real_t a = T.value[T.lhs[i]]   # (the sentinel's for AFFINE, unused)
+    cdef real_t a
     if o == AFFINE:
         T.value[i] = affine_forward(T.param[i].kids)
-    elif o == ADD:
+        return 0
+    a = T.value[T.lhs[i]]
+    if o == ADD:
         T.value[i] = add_forward(a, T.value[T.rhs[i]])
     elif o == MUL:
         T.value[i] = mul_forward(a, T.value[T.rhs[i]])
