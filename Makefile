@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 BUILD_DEPS := "Cython>=3.0" "setuptools>=64" "wheel>=0.40"
 SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxd) setup.py pyproject.toml
 
-.PHONY: build install test test-debug check-memory annotate bench bench-pytest clean
+.PHONY: build install test test-debug check-memory fuzz annotate bench bench-pytest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ check-memory: install
 	LD_PRELOAD=$(ASAN_RUNTIME) ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
 		FASTGRAD_SANITIZED=1 .venv-asan/bin/python -m pytest tests -q -x
 	$(PY) scripts/check_memory.py $(PY)
+
+# the API fuzz target (random call sequences, compiled engine against the reference) for
+# FUZZ_SECONDS; `make test` runs a short version of it
+FUZZ_SECONDS ?= 300
+fuzz: install
+	$(PY) scripts/fuzz.py --seconds $(FUZZ_SECONDS)
 
 annotate: $(PY)
 	$(PIP) install $(BUILD_DEPS)

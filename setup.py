@@ -31,6 +31,9 @@ if not os.environ.get("FASTGRAD_PUREPYTHON"):
         "initializedcheck": debug,
         "cdivision": True,
         "embedsignature": True,
+        # The arena is shared by every thread and guarded by the GIL: on a free-threaded
+        # CPython, importing the module turns the GIL back on (README, "Guarantees").
+        "freethreading_compatible": False,
     }
     ext_modules = cythonize(
         [Extension(

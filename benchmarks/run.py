@@ -131,6 +131,83 @@ def memory(available, only):
     return results
 
 
+SCALE_SCRIPT = r"""
+import gc, json, resource, sys, time
+from fastgrad._core import Value, _tape_stats
+def peak_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+phases = {}
+def timed(name, f):
+    t = time.perf_counter()
+    out = f()
+    phases[name] = time.perf_counter() - t
+    return out
+kind, n = sys.argv[1], int(sys.argv[2])
+if kind == 'chain':                        # n nodes deep: '*' and '+' per step, constants beside
+    leaves = [Value(1.0)]
+    def build():
+        y = leaves[0]
+        for _ in range(n // 2):
+            y = y * 1.0000001 + 0.5
+        return y
+    root = timed('build', build)
+else:                                      # n leaves summed
+    leaves = timed('build', lambda: [Value(1.0) for _ in range(n)])
+    root = timed('sum', lambda: sum(leaves))
+nodes = _tape_stats()['live']
+timed('backward', root.backward)
+timed('backward again', root.backward)     # from the cached order
+leaves[0].data = 1.5
+timed('recompute', root.recompute)
+ok = root.data == root.data and leaves[0].grad > 0
+def free():
+    global root, leaves
+    del root, leaves
+    gc.collect()
+timed('free', free)
+print(json.dumps({'phases': phases, 'nodes': nodes, 'peak_mb': peak_mb(),
+                  'live_after_free': _tape_stats()['live'], 'ok': ok}))
+"""
+
+SCALE = [("chain", 10_000_000), ("wide", 10_000_000)]
+
+
+def scale():
+    """10M-node chain and 10M-leaf sum on the compiled engine, each in a fresh interpreter:
+    seconds per phase and peak resident memory. A crash is reported, not hidden."""
+    results = {}
+    for kind, n in SCALE:
+        name = f"{kind}-{n // 1_000_000}M"
+        log(f"  scale       {name:<10} fresh interpreter ...")
+        out = subprocess.run([sys.executable, "-c", SCALE_SCRIPT, kind, str(n)],
+                             capture_output=True, text=True, timeout=1200)
+        if out.returncode != 0:
+            why = f"crashed (signal {-out.returncode})" if out.returncode < 0 else \
+                (out.stderr.strip().splitlines() or ["failed"])[-1]
+            results[name] = {"error": why}
+            log(f"    {why}")
+            continue
+        results[name] = json.loads(out.stdout)
+        log("    " + ", ".join(f"{k} {v:.2f} s" for k, v in results[name]["phases"].items())
+            + f", peak {results[name]['peak_mb']:,.0f} MB")
+    return results
+
+
+def scale_table(results):
+    phases = ["build", "sum", "backward", "backward again", "recompute", "free"]
+    lines = ["| graph | nodes | " + " | ".join(f"{p} (s)" for p in phases) +
+             " | peak memory | after free |",
+             "|---|---:|" + "---:|" * len(phases) + "---:|---:|"]
+    for name, r in results.items():
+        if "error" in r:
+            lines.append(f"| {name} | – | " + " | ".join("–" for _ in phases) + f" | {r['error']} | – |")
+            continue
+        cells = [f"{r['phases'][p]:.2f}" if p in r["phases"] else "–" for p in phases]
+        lines.append(f"| {name} | {r['nodes']:,} | " + " | ".join(cells) +
+                     f" | {r['peak_mb']:,.0f} MB | {r['live_after_free']} live nodes |")
+    return "\n".join(lines)
+
+
 def machine():
     cpu = platform.processor() or platform.machine()
     try:
@@ -224,7 +301,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="bench-results")
     p.add_argument("--workloads", nargs="*", default=None,
-                   help=f"subset of {list(W.WORKLOADS) + ['memory']}")
+                   help=f"subset of {list(W.WORKLOADS) + ['memory', 'scale']}")
     p.add_argument("--engines", nargs="*", default=None)
     args = p.parse_args()
 
@@ -232,13 +309,15 @@ def main():
     log(f"engines: {', '.join(['float'] + list(available))}")
     if "micrograd" not in available:
         log("  (upstream micrograd is not installed: pip install micrograd==0.1.0)")
-    names = args.workloads or list(W.WORKLOADS) + ["memory"]
-    results = {}
+    names = args.workloads or list(W.WORKLOADS) + ["memory", "scale"]
+    results, scaled = {}, {}
     t0 = time.perf_counter()
     for k, name in enumerate(names, 1):
         log(f"[{k}/{len(names)}] {name}")
         if name == "memory":
             results[name] = memory(available, args.engines)
+        elif name == "scale":
+            scaled = scale()
         else:
             results[name] = run_workload(W.WORKLOADS[name](), available, args.engines)
     elapsed = time.perf_counter() - t0
@@ -247,7 +326,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     info = machine()
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"machine": info, "seconds": elapsed, "results": results}, f, indent=1)
+        json.dump({"machine": info, "seconds": elapsed, "results": results, "scale": scaled},
+                  f, indent=1)
     try:
         chart(results, os.path.join(args.out, "ratios.png"))
         chart_note = f"chart: {os.path.join(args.out, 'ratios.png')}"
@@ -255,8 +335,13 @@ def main():
         chart_note = "chart skipped: matplotlib is not installed"
     print(f"\nfastgrad benchmark suite: {info['cpu']}, {info['cores']} cores, "
           f"Python {info['python']}, {info['date']} ({elapsed:.0f} s)\n")
-    print(table(results, engines))
-    print(f"\nmedians per unit; 'x faster' is micrograd's median over fastgrad's, from this run.")
+    if results:
+        print(table(results, engines))
+        print(f"\nmedians per unit; 'x faster' is micrograd's median over fastgrad's, from this run.")
+    if scaled:
+        print("\nScale (fastgrad, one fresh interpreter per graph; micrograd raises RecursionError "
+              "on graphs a few thousand deep):\n")
+        print(scale_table(scaled))
     print(f"results: {os.path.join(args.out, 'results.json')}; {chart_note}")
     wrong = [f"{w}/{e}" for w, r in results.items() for e, x in r.items() if x.get("matched") is False]
     if wrong:

@@ -490,6 +490,108 @@ def test_threads_build_and_backpropagate_separately(Value):
     assert results == expected
 
 
+def run_threads(work, n, switch=1e-6):
+    """Runs work(k) in n threads at once, switching between them as often as the
+    interpreter allows; returns their results by k, re-raising the first failure."""
+    results, errors = {}, []
+
+    def target(k):
+        try:
+            results[k] = work(k)
+        except BaseException as e:                   # surfaced below, not lost in a thread
+            errors.append(e)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(switch)
+    try:
+        threads = [threading.Thread(target=target, args=(k,)) for k in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+    finally:
+        sys.setswitchinterval(old)
+    if errors:
+        raise errors[0]
+    assert len(results) == n, "a thread did not finish"
+    return results
+
+
+def test_threads_replay_graphs_over_shared_parameters(Value):
+    # Threads build graphs over one parameter set, which they only read, then replay them
+    # (new inputs, recompute, backward) while other threads do the same: every thread's
+    # outputs and input grads equal a run alone. backward() also adds into the shared
+    # parameters' grads; the compiled engine sweeps a graph of built-in ops without
+    # releasing the GIL, so those sums are exact up to order. (The reference engine's
+    # `+=` in Python, like micrograd's, is not atomic across threads: not checked there.)
+    rnd = random.Random(11)
+    params = [Value(rnd.uniform(-1, 1)) for _ in range(24)]
+
+    def work(k):
+        rnd = random.Random(k)
+        xs = [Value(0.0) for _ in range(3)]
+        y = Value._sum_of_products(Value(0.0), params[:12], [xs[j % 3] for j in range(12)])
+        y = sum(((p * xs[j % 3]).tanh() for j, p in enumerate(params[12:])), y)
+        y = (y * y + 1.0).relu()
+        out = []
+        for _ in range(40):
+            for x in xs:
+                x.data, x.grad = rnd.uniform(-1, 1), 0.0
+            y.recompute()
+            y.backward()
+            out.append((y.data, [x.grad for x in xs]))
+        return out
+
+    def param_grads():
+        return [p.grad for p in params]
+
+    for p in params:
+        p.grad = 0.0
+    alone = {k: work(k) for k in range(4)}
+    total = param_grads()
+    for p in params:
+        p.grad = 0.0
+    together = run_threads(work, 4)
+    assert together == alone
+    if Value.__module__ == "fastgrad._core":
+        assert param_grads() == [pytest.approx(g, rel=1e-9, abs=1e-12) for g in total]
+
+
+@compiled
+def test_free_threaded_python_runs_fastgrad_with_the_gil():
+    # fastgrad does not declare itself free-threading compatible: the arena relies on the
+    # GIL, which a free-threaded CPython turns back on when the module is imported
+    import sysconfig
+    if not sysconfig.get_config_var("Py_GIL_DISABLED"):
+        pytest.skip("this CPython is not a free-threaded build")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c",
+                          "import sys, fastgrad._core; print(sys._is_gil_enabled())"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stdout + out.stderr
+
+
+@compiled
+def test_threads_free_and_build_in_one_arena(C):
+    # one thread drops whole graphs (freeing slots, re-sorting the free list) while others
+    # build in the slots it frees and backpropagate
+    def work(k):
+        rnd = random.Random(k)
+        sums = []
+        for step in range(60):
+            xs = [C(rnd.uniform(-1, 1)) for _ in range(50)]
+            y = C._sum_of_products(xs[0], xs[1:25], xs[25:])
+            y = (y.tanh() * xs[3]) ** 2
+            y.backward()
+            sums.append((y.data, xs[7].grad))
+            if k == 0 and step % 10 == 0:
+                gc.collect()
+        return sums
+
+    alone = {k: work(k) for k in range(3)}
+    assert run_threads(work, 3) == alone
+    assert core._test_counts_clear()
+
+
 @compiled
 def test_cached_order_is_reused_and_dropped_with_its_root(C):
     from fastgrad.reference import Value as R

@@ -800,8 +800,9 @@ cdef bytes order_of(node_t root):
 cdef int recompute_from(node_t root) except -1:
     """Re-evaluates every node under root, children first, from the leaves' current data,
     and zeroes the grads of the nodes it re-evaluated: the graph is then as if built anew
-    from those leaves. All or nothing: if an op raises (0 ** -1, exp overflow, a custom
-    op that cannot be replayed), every value and grad is put back and the exception
+    from those leaves. A graph with a custom op (its value computed by Python code) is
+    refused up front with TypeError, whatever the values. Otherwise all or nothing: if an
+    op raises (0 ** -1, exp overflow), every value and grad is put back and the exception
     propagates. One pass over the cached order, prefetching ahead as the sweep does."""
     cdef bytes order = order_of(root)
     cdef node_t* items = <node_t*>PyBytes_AS_STRING(order)
@@ -809,6 +810,13 @@ cdef int recompute_from(node_t root) except -1:
     cdef real_t* saved = NULL           # saved[2s], saved[2s + 1]: value and grad at s
     cdef node_t v
     cdef uint8_t o
+    if not T.flags[root] & DESCENDS:    # (no CUSTOM node is under a DESCENDS root)
+        for k in range(n - 1, -1, -1):
+            v = items[k]
+            if T.op[v] == CUSTOM and T.param[v].kids != NULL:
+                raise TypeError(
+                    f"recompute() cannot re-evaluate the custom op {handle_of(v)._op!r}: "
+                    "its value was computed by Python code; rebuild the graph instead")
     safe_realloc(<void**>&saved, 2 * n, sizeof(real_t))
     try:
         while s >= 0:
@@ -821,12 +829,7 @@ cdef int recompute_from(node_t root) except -1:
                 prefetch_children(items[s - AHEAD // 2], True)
             v = items[s]
             o = T.op[v]
-            if o == CUSTOM:
-                if T.param[v].kids != NULL:
-                    raise TypeError(
-                        f"recompute() cannot re-evaluate the custom op {handle_of(v)._op!r}: "
-                        "its value was computed by Python code; rebuild the graph instead")
-            elif o != LEAF:
+            if o != LEAF and o != CUSTOM:   # (a CUSTOM node here has no children)
                 saved[2 * s] = T.value[v]
                 saved[2 * s + 1] = T.grad[v]
                 evaluate(v)

@@ -1,0 +1,241 @@
+"""The fuzz target: random sequences of API calls on the compiled engine and the reference.
+
+A hypothesis state machine keeps pairs (compiled node, reference node) built by the same
+calls: leaves, operators with Values and numbers, lecture-style custom ops, fused nodes,
+data/grad/label assignment, backward, recompute, dropped handles, pickling, garbage
+collection. Every call must do the same on both engines, exceptions included (a call that
+raises leaves both graphs as they were), and after every step the pairs must agree: data
+exactly, grads to a rounding error (engines add a node's grad terms in different orders;
+`Grads` tracks how large those terms are), `_op`, label and the number of children.
+
+In the test suite this runs briefly; `make fuzz` runs it for a fixed time with many more
+examples (scripts/fuzz.py).
+"""
+import gc
+import math
+import pickle
+
+import pytest
+from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from fastgrad import reference
+from fastgrad.ops import Op
+
+from graphs import close, custom_unary
+
+core = pytest.importorskip("fastgrad._core")
+C, R = core.Value, reference.Value
+
+ERRORS = (ArithmeticError, ValueError, TypeError)
+number = st.one_of(st.floats(-3, 3, allow_nan=False), st.integers(-3, 3), st.sampled_from([0.0, -0.0, 1e-3]))
+special = st.sampled_from([math.inf, -math.inf, math.nan, 1e300, -1e300])
+
+
+def terms(v):
+    """(child, local derivative) of a reference node, children repeated, in IEEE arithmetic
+    (inf or nan where Python's ** would raise), fused nodes included."""
+    code, ch, t = v._code, v._children, v._data
+    if code == Op.ADD:
+        return [(ch[0], 1.0), (ch[1], 1.0)]
+    if code == Op.MUL:
+        return [(ch[0], ch[1]._data), (ch[1], ch[0]._data)]
+    if code == Op.POW:
+        k = float(v._k)
+        return [(ch[0], k * reference._pow_ieee(abs(ch[0]._data), k - 1))]
+    if code == Op.RELU:
+        return [(ch[0], float(t > 0))]
+    if code == Op.TANH or (code == Op.CUSTOM and v._op == "tanh"):
+        return [(ch[0], 1 - t * t)]
+    if code == Op.EXP or (code == Op.CUSTOM and v._op == "exp"):
+        return [(ch[0], t)]
+    if code == Op.AFFINE:
+        b, *rest = ch
+        pairs = [(b, 1.0)]
+        for k in range(0, len(rest), 2):
+            w, x = rest[k], rest[k + 1]
+            pairs += [(w, x._data), (x, w._data)]
+        return pairs
+    return []
+
+
+class Grads:
+    """Per reference node, the sum of |terms| that made its grad, kept through every call
+    that changes grads, so that grads can be compared to a rounding error of that sum."""
+
+    def __init__(self):
+        self.m = {}
+
+    def backward(self, root):
+        topo = root._topo()
+        self.m[root] = 1.0
+        for v in reversed(topo):
+            for c, d in terms(v):
+                self.m[c] = self.m.get(c, 0.0) + abs(d) * self.m.get(v, 0.0)
+
+    def recompute(self, root):
+        for v in root._topo():
+            if v._children:
+                self.m[v] = 0.0
+
+    def set(self, v, g):
+        self.m[v] = abs(g)
+
+    def of(self, v):
+        return self.m.get(v, 0.0)
+
+
+def same_outcome(f, g):
+    """Runs f() (compiled) and g() (reference): both return, or both raise the same type."""
+    try:
+        a = f()
+    except ERRORS as e:
+        with pytest.raises(type(e)):
+            g()
+        return None
+    return a, g()
+
+
+class API(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.pairs = []
+        self.grads = Grads()
+
+    def pick(self, i):
+        return self.pairs[i % len(self.pairs)]
+
+    def add(self, out):
+        if out is not None:
+            self.pairs.append(out)
+
+    @rule(x=st.one_of(number, special), label=st.sampled_from(['', 'x', 'w']))
+    def leaf(self, x, label):
+        self.add((C(x, label=label), R(x, label=label)))
+
+    @precondition(lambda self: self.pairs)
+    @rule(op=st.sampled_from(['+', '*', '-', '/']), i=st.integers(0, 99), j=st.integers(0, 99))
+    def binary(self, op, i, j):
+        (a, ra), (b, rb) = self.pick(i), self.pick(j)
+        f = {'+': lambda x, y: x + y, '*': lambda x, y: x * y,
+             '-': lambda x, y: x - y, '/': lambda x, y: x / y}[op]
+        self.add(same_outcome(lambda: f(a, b), lambda: f(ra, rb)))
+
+    @precondition(lambda self: self.pairs)
+    @rule(op=st.sampled_from(['+', '*', '-', '/']), i=st.integers(0, 99), k=number,
+          left=st.booleans())
+    def with_number(self, op, i, k, left):
+        a, ra = self.pick(i)
+        f = {'+': lambda x, y: x + y, '*': lambda x, y: x * y,
+             '-': lambda x, y: x - y, '/': lambda x, y: x / y}[op]
+        if left:
+            self.add(same_outcome(lambda: f(k, a), lambda: f(k, ra)))
+        else:
+            self.add(same_outcome(lambda: f(a, k), lambda: f(ra, k)))
+
+    @precondition(lambda self: self.pairs)
+    @rule(name=st.sampled_from(['relu', 'tanh', 'exp', 'neg', 'custom_tanh', 'custom_exp']),
+          i=st.integers(0, 99))
+    def unary(self, name, i):
+        a, ra = self.pick(i)
+        if name.startswith('custom_'):
+            kind = name.removeprefix('custom_')
+            f = lambda V, v: custom_unary(V, v, kind)
+            self.add(same_outcome(lambda: f(C, a), lambda: f(R, ra)))
+        elif name == 'neg':
+            self.add((-a, -ra))
+        else:
+            self.add(same_outcome(lambda: getattr(a, name)(), lambda: getattr(ra, name)()))
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99), k=st.sampled_from([2, 3, -1, -2, 0, 0.5, 1.5, -0.5, True]))
+    def power(self, i, k):
+        a, ra = self.pick(i)
+        self.add(same_outcome(lambda: a ** k, lambda: ra ** k))
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99), ws=st.lists(st.integers(0, 99), max_size=4),
+          xs=st.lists(st.one_of(st.integers(0, 99), number.map(float)), max_size=4),
+          fused=st.booleans())
+    def sum_of_products(self, i, ws, xs, fused):
+        start = self.pick(i)
+        w = [self.pick(j) for j in ws]
+        x = [self.pick(j) if isinstance(j, int) else (j, j) for j in xs]
+        name = '_affine' if fused else '_sum_of_products'
+        self.add(same_outcome(
+            lambda: getattr(C, name)(start[0], [p[0] for p in w], [p[0] for p in x]),
+            lambda: getattr(R, name)(start[1], [p[1] for p in w], [p[1] for p in x])))
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99), x=st.one_of(number, special), grad=st.booleans())
+    def assign(self, i, x, grad):
+        a, ra = self.pick(i)
+        if grad:
+            a.grad = ra.grad = x
+            self.grads.set(ra, x)
+        else:
+            a.data = ra.data = x
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99), label=st.sampled_from(['', 'a', 'loss']))
+    def relabel(self, i, label):
+        a, ra = self.pick(i)
+        a.label = ra.label = label
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99))
+    def backward(self, i):
+        a, ra = self.pick(i)
+        a.backward()
+        ra.backward()
+        self.grads.backward(ra)
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99))
+    def recompute(self, i):
+        a, ra = self.pick(i)
+        if same_outcome(a.recompute, ra.recompute) is not None:
+            self.grads.recompute(ra)
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99))
+    def drop(self, i):
+        del self.pairs[i % len(self.pairs)]
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99))
+    def through_prev(self, i):
+        # children reached through _prev (handles re-made for nodes that had none), paired
+        # up by what they show; children that show the same are compared, not paired
+        a, ra = self.pick(i)
+        key = lambda v: (repr(v.data), v._op, v.label, len(v._prev))
+        kids, rkids = sorted(a._prev, key=key), sorted(ra._prev, key=key)
+        assert list(map(key, kids)) == list(map(key, rkids))
+        if len(set(map(key, kids))) == len(kids):
+            self.pairs += list(zip(kids, rkids))
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99))
+    def pickle_roundtrip(self, i):
+        a, ra = self.pick(i)
+        out = same_outcome(lambda: pickle.loads(pickle.dumps(a)), lambda: pickle.loads(pickle.dumps(ra)))
+        if out is not None:
+            self.add(out)
+
+    @rule(generation=st.sampled_from([0, 0, 0, 0, 1, 2]))
+    def collect(self, generation):
+        gc.collect(generation)      # a full collection is slow with hypothesis's heap: rarer
+
+    @invariant()
+    def engines_agree(self):
+        for a, ra in self.pairs:
+            assert a.data == ra.data or (math.isnan(a.data) and math.isnan(ra.data)), (a, ra)
+            assert math.copysign(1, a.data) == math.copysign(1, ra.data) or math.isnan(a.data)
+            assert close(a.grad, ra.grad, self.grads.of(ra)), (a, ra, self.grads.of(ra))
+            assert (a._op, a.label, len(a._prev)) == (ra._op, ra.label, len(ra._prev))
+
+
+SHORT = settings(max_examples=60, stateful_step_count=40, deadline=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+TestAPI = pytest.mark.compiled(API.TestCase)
+TestAPI.settings = SHORT
