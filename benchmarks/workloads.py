@@ -487,8 +487,99 @@ class LectureOp(Workload):
         return [grad_of(v) for v in state[1][:-1:97]]
 
 
+class OpsNoGrad(Ops):
+    """The ops program under no_grad (fastgrad.no_grad, torch.no_grad): values only, no
+    graph recorded (ns per op; compare with the `ops` row)."""
+    name = "ops-no-grad"
+    engines = ("float", "fastgrad", "reference", "torch")
+
+    def run(self, state):
+        engine = state[0]
+        if engine == "float":
+            return super().run(state)
+        import fastgrad
+        with (torch.no_grad() if engine.name == "torch" else fastgrad.no_grad()):
+            super().run(state)
+
+
+def ext_program(n_steps=50_000, seed=3):
+    """A seeded program of issue 7's ops on earlier nodes: (op, i, j) steps, each making a
+    small expression around one new op whose operands keep every value finite."""
+    rnd = random.Random(seed)
+    return [(rnd.choice(["log", "sigmoid", "sqrt", "powv"]), rnd.randrange(N_LEAVES + k),
+             rnd.randrange(N_LEAVES + k)) for k in range(n_steps)]
+
+
+class ExtOps(Workload):
+    """log, sigmoid, sqrt, abs and Value ** Value in a 50k-step program reusing earlier
+    nodes, built and backpropagated (ns per node made)."""
+    name, unit, scale = "ext-ops", "ns/node", 1e9
+    engines = ("fastgrad", "reference", "torch")
+
+    def __init__(self):
+        rnd = random.Random(4)
+        self.leaves = [rnd.uniform(-1, 1) for _ in range(N_LEAVES)]
+        self.steps = ext_program()
+        # nodes per step: log: abs, 1.0, '+', log; sigmoid: '*', sigmoid;
+        # sqrt: '*', 0.5, '+', sqrt; powv: abs, 0.5, '+', sigmoid, '**'
+        made = {"log": 4, "sigmoid": 2, "sqrt": 4, "powv": 5}
+        self.per = sum(made[op] for op, _, _ in self.steps)
+
+    def setup(self, engine):
+        return engine, [engine.Value(x) for x in self.leaves]
+
+    def run(self, state):
+        nodes = state[1]
+        append = nodes.append
+        for op, i, j in self.steps:
+            x, y = nodes[i], nodes[j]
+            if op == "log":
+                append((abs(x) + 1.0).log())
+            elif op == "sigmoid":
+                append((x * y).sigmoid())
+            elif op == "sqrt":
+                append((x * x + 0.5).sqrt())
+            else:
+                append((abs(x) + 0.5) ** y.sigmoid())
+        total = nodes[-1]
+        for v in nodes[-64:-1]:
+            total = total + v
+        total.backward()
+
+    def result(self, state):
+        return [grad_of(v) for v in state[1][:N_LEAVES]]
+
+
+class SoftmaxCrossEntropy(Workload):
+    """functional.cross_entropy over 10 logits made from 4 inputs, forward and backward,
+    for 200 samples (microseconds per sample)."""
+    name, unit, scale = "softmax-ce", "us/sample", 1e6
+    engines = ("fastgrad", "reference")
+
+    def __init__(self, samples=200):
+        rnd = random.Random(5)
+        self.per = samples
+        self.data = [([rnd.uniform(-3, 3) for _ in range(4)], rnd.randrange(10))
+                     for _ in range(samples)]
+        self.w = [[rnd.uniform(-1, 1) for _ in range(4)] for _ in range(10)]
+
+    def setup(self, engine):
+        return engine, [[engine.Value(x) for x in row] for row in self.w]
+
+    def run(self, state):
+        from fastgrad.functional import cross_entropy
+        engine, w = state
+        for xs, target in self.data:
+            logits = [engine.Value._sum_of_products(engine.Value(0.0), row, xs) for row in w]
+            cross_entropy(logits, target).backward()
+
+    def result(self, state):
+        return [grad_of(v) for row in state[1] for v in row]
+
+
 WORKLOADS = {w.name: w for w in (Ops, Backward, MlpStep, MlpReplay, MlpReplayFused, OpsReplay,
-                                  Chain, Wide, LectureOp)}
+                                  Chain, Wide, LectureOp, OpsNoGrad, ExtOps,
+                                  SoftmaxCrossEntropy)}
 
 _made = {}
 
@@ -521,4 +612,9 @@ COVERAGE = {
     Op.EXP: "ops",
     Op.CUSTOM: "lecture-op",
     Op.AFFINE: "mlp-replay-fused",
+    Op.LOG: "ext-ops",
+    Op.SIGMOID: "ext-ops",
+    Op.SQRT: "ext-ops",
+    Op.ABS: "ext-ops",
+    Op.POWV: "ext-ops",
 }

@@ -9,19 +9,9 @@ import random
 import time
 
 from fastgrad.datasets import make_moons
-from fastgrad.engine import Value
+from fastgrad.demo import build          # micrograd's loss graph: SVM max-margin + L2
 from fastgrad.nn import MLP
 from fastgrad.optim import SGD
-
-
-def build(model, X, y, alpha=1e-4):
-    """micrograd's loss: SVM max-margin over the batch plus L2, and the scores."""
-    inputs = [list(map(Value, xrow)) for xrow in X]
-    scores = list(map(model, inputs))
-    losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores)]
-    data_loss = sum(losses) * (1.0 / len(losses))
-    reg_loss = alpha * sum((p * p for p in model.parameters()))
-    return data_loss + reg_loss, scores
 
 
 def train(steps=100, seed=1337):

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+import fastgrad
 from fastgrad import reference
 from fastgrad.ops import Op
 
@@ -49,6 +50,18 @@ def terms(v):
         return [(ch[0], 1 - t * t)]
     if code == Op.EXP or (code == Op.CUSTOM and v._op == "exp"):
         return [(ch[0], t)]
+    if code == Op.LOG:
+        return [(ch[0], reference._div_ieee(1.0, ch[0]._data))]
+    if code == Op.SIGMOID:
+        return [(ch[0], t * (1 - t))]
+    if code == Op.SQRT:
+        return [(ch[0], reference._div_ieee(1.0, 2.0 * t))]
+    if code == Op.ABS:
+        a = ch[0]._data
+        return [(ch[0], a if math.isnan(a) else float(a > 0) - float(a < 0))]
+    if code == Op.POWV:
+        a, e = ch[0]._data, ch[1]._data
+        return [(ch[0], e * reference._pow_ieee(a, e - 1)), (ch[1], t * reference._log_ieee(a))]
     if code == Op.AFFINE:
         b, *rest = ch
         pairs = [(b, 1.0)]
@@ -134,7 +147,8 @@ class API(RuleBasedStateMachine):
             self.add(same_outcome(lambda: f(a, k), lambda: f(ra, k)))
 
     @precondition(lambda self: self.pairs)
-    @rule(name=st.sampled_from(['relu', 'tanh', 'exp', 'neg', 'custom_tanh', 'custom_exp']),
+    @rule(name=st.sampled_from(['relu', 'tanh', 'exp', 'neg', 'custom_tanh', 'custom_exp',
+                                'log', 'sigmoid', 'sqrt', 'abs']),
           i=st.integers(0, 99))
     def unary(self, name, i):
         a, ra = self.pick(i)
@@ -144,6 +158,8 @@ class API(RuleBasedStateMachine):
             self.add(same_outcome(lambda: f(C, a), lambda: f(R, ra)))
         elif name == 'neg':
             self.add((-a, -ra))
+        elif name == 'abs':
+            self.add((abs(a), abs(ra)))
         else:
             self.add(same_outcome(lambda: getattr(a, name)(), lambda: getattr(ra, name)()))
 
@@ -152,6 +168,24 @@ class API(RuleBasedStateMachine):
     def power(self, i, k):
         a, ra = self.pick(i)
         self.add(same_outcome(lambda: a ** k, lambda: ra ** k))
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99), j=st.integers(0, 99), base=st.one_of(st.none(), number))
+    def power_of_values(self, i, j, base):
+        # Value ** Value, or a number ** Value
+        (a, ra), (b, rb) = self.pick(i), self.pick(j)
+        if base is None:
+            self.add(same_outcome(lambda: a ** b, lambda: ra ** rb))
+        else:
+            self.add(same_outcome(lambda: base ** b, lambda: base ** rb))
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99))
+    def without_grad(self, i):
+        # an op under no_grad: a leaf on both engines
+        a, ra = self.pick(i)
+        with fastgrad.no_grad():
+            self.add(same_outcome(lambda: (a * 2.0).tanh(), lambda: (ra * 2.0).tanh()))
 
     @precondition(lambda self: self.pairs)
     @rule(i=st.integers(0, 99), ws=st.lists(st.integers(0, 99), max_size=4),

@@ -160,3 +160,117 @@ def test_finite_differences(Value, f):
     y.backward()
     numeric = (f(Value(x0 + h)).data - f(Value(x0 - h)).data) / (2 * h)
     assert x.grad == pytest.approx(numeric, rel=1e-7, abs=1e-9)
+
+
+# --- beyond micrograd: log, sigmoid, sqrt, abs, Value ** Value --------------------------
+
+def finite_difference(f, x, eps=1e-6):
+    return (f(x + eps) - f(x - eps)) / (2 * eps)
+
+
+def check_unary(Value, name, x, value, grad):
+    """op(x) against its closed form, and its grad against the closed form and a central
+    finite difference of the float function."""
+    a = Value(x)
+    out = getattr(a, name)() if name != "abs" else abs(a)
+    out.backward()
+    assert out.data == approx(value)
+    assert a.grad == approx(grad)
+    assert out._op == name and out._prev == {a}
+
+
+@pytest.mark.parametrize("x", [0.3, 1.0, 2.5, 1e-300, 1e300])
+def test_op_log(Value, x):
+    check_unary(Value, "log", x, math.log(x), 1 / x)
+    if 1e-3 < x < 1e3:
+        assert 1 / x == pytest.approx(finite_difference(math.log, x), rel=1e-7)
+
+
+@pytest.mark.parametrize("x", [0.0, -1.0, -math.inf])
+def test_log_outside_its_domain_raises_as_math_log(Value, x):
+    with pytest.raises(ValueError, match="math domain error"):
+        Value(x).log()
+    with pytest.raises(ValueError, match="math domain error"):
+        math.log(x)
+
+
+def sigmoid(x):
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+@pytest.mark.parametrize("x", [0.0, 0.7, -2.3, 30.0, -30.0, 1000.0, -1000.0])
+def test_op_sigmoid(Value, x):
+    s = sigmoid(x)
+    check_unary(Value, "sigmoid", x, s, s * (1 - s))
+    if abs(x) < 50:
+        assert s * (1 - s) == pytest.approx(finite_difference(sigmoid, x), rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("x", [0.25, 2.0, 1e10])
+def test_op_sqrt(Value, x):
+    check_unary(Value, "sqrt", x, math.sqrt(x), 0.5 / math.sqrt(x))
+    assert 0.5 / math.sqrt(x) == pytest.approx(finite_difference(math.sqrt, x, eps=x * 1e-6), rel=1e-6)
+
+
+def test_sqrt_at_zero_and_below(Value):
+    a = Value(0.0)
+    out = a.sqrt()
+    out.backward()
+    assert (out.data, a.grad) == (0.0, math.inf)     # IEEE: 1 / (2 * 0)
+    with pytest.raises(ValueError, match="math domain error"):
+        Value(-1.0).sqrt()
+
+
+@pytest.mark.parametrize("x, grad", [(2.5, 1.0), (-2.5, -1.0), (0.0, 0.0), (-0.0, 0.0)])
+def test_op_abs(Value, x, grad):
+    check_unary(Value, "abs", x, abs(x), grad)
+
+
+def test_op_powv(Value):
+    for base, exponent in [(1.7, 0.6), (0.3, -2.5), (2.0, 3.0), (1e-3, 0.5)]:
+        a, b = Value(base), Value(exponent)
+        out = a ** b
+        out.backward()
+        assert out.data == approx(base ** exponent)
+        assert a.grad == approx(exponent * base ** (exponent - 1))
+        assert b.grad == approx(base ** exponent * math.log(base))
+        assert b.grad == pytest.approx(finite_difference(lambda e: base ** e, exponent), rel=1e-6)
+        assert out._op == '**' and out._prev == {a, b}
+    b = Value(0.5)
+    out = 2 ** b                                     # a number base becomes a leaf
+    out.backward()
+    assert out.data == approx(2 ** 0.5) and b.grad == approx(2 ** 0.5 * math.log(2))
+    assert sorted(c.data for c in out._prev) == [0.5, 2.0]
+
+
+@pytest.mark.parametrize("base", [0.0, -2.0, -0.0])
+def test_powv_needs_a_positive_base(Value, base):
+    a, b = Value(base), Value(0.5)
+    with pytest.raises(ValueError, match="positive"):
+        a ** b
+    with pytest.raises(ValueError, match="positive"):
+        base ** b
+    assert a.grad == b.grad == 0.0
+
+
+def test_powv_overflow_like_float(Value):
+    with pytest.raises(OverflowError):
+        Value(10.0) ** Value(400.0)
+
+
+def test_new_ops_against_torch(Value):
+    torch = pytest.importorskip("torch")
+
+    def f(x, y, log, sigmoid, sqrt):
+        return log(sigmoid(x * y) + sqrt(abs(y))) * x ** y + sigmoid(-x) ** 2
+
+    xs, ys = 1.3, 0.7
+    x, y = Value(xs), Value(ys)
+    out = f(x, y, Value.log, Value.sigmoid, Value.sqrt)
+    out.backward()
+    tx = torch.tensor(xs, dtype=torch.float64, requires_grad=True)
+    ty = torch.tensor(ys, dtype=torch.float64, requires_grad=True)
+    tout = f(tx, ty, torch.log, torch.sigmoid, torch.sqrt)
+    tout.backward()
+    assert out.data == approx(tout.item())
+    assert (x.grad, y.grad) == (approx(tx.grad.item()), approx(ty.grad.item()))

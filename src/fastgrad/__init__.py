@@ -6,10 +6,14 @@ FASTGRAD_PUREPYTHON=1 or the extension was not built, in which case the pure-Pyt
 """
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-if os.environ.get("FASTGRAD_PUREPYTHON"):
+if TYPE_CHECKING:               # type checkers see the compiled API (fastgrad/_core.pyi)
+    from fastgrad._core import Value
+    ENGINE: str
+elif os.environ.get("FASTGRAD_PUREPYTHON"):
     from fastgrad.reference import Value
     ENGINE = "reference"
 else:
@@ -26,4 +30,7 @@ else:
         from fastgrad.reference import Value
         ENGINE = "reference"
 
-__all__ = ["Value", "ENGINE"]
+from fastgrad.grad_mode import is_grad_enabled, no_grad  # noqa: E402
+from fastgrad.checks import GradcheckError, gradcheck  # noqa: E402
+
+__all__ = ["Value", "ENGINE", "no_grad", "is_grad_enabled", "gradcheck", "GradcheckError"]

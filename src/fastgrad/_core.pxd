@@ -16,7 +16,12 @@ cpdef enum Op:
     EXP = 6
     CUSTOM = 7
     AFFINE = 8
-    COUNT = 9
+    LOG = 9
+    SIGMOID = 10
+    SQRT = 11
+    ABS = 12
+    POWV = 13
+    COUNT = 14
 
 # Bits of Tape.flags[i].
 cdef enum:

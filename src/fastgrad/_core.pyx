@@ -9,7 +9,8 @@ cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from libc.math cimport exp, floor, isfinite, isinf, pow, sqrt, tanh
+from cpython.pythread cimport PyThread_tss_create, PyThread_tss_get, PyThread_tss_set
+from libc.math cimport exp, fabs, floor, isfinite, isinf, isnan, log, pow, sqrt, tanh
 from libc.stdint cimport INT32_MAX, int32_t, uint8_t, uint16_t
 from libc.string cimport memset
 
@@ -52,6 +53,43 @@ cdef dict _labels = {}      # HAS_LABEL: the node's label
 cdef dict _opstrs = {}      # HAS_OPSTR: the `_op` string of a CUSTOM node
 cdef dict _orders = {}      # HAS_ORDER: the node's reachable slots, parents first (bytes)
 cdef tuple _SYMBOL = tuple(_SYMBOL_BY_OP[op] for op in range(COUNT))
+
+# no_grad: while the calling thread is inside a no_grad block (fastgrad.no_grad), ops make
+# leaves holding their values, with no children. The depth of nesting is per thread, in
+# thread-specific storage; _no_grad_threads counts the threads inside a block, so that an
+# op looks the depth up only while some thread is.
+cdef Py_tss_t _no_grad_depth
+cdef Py_ssize_t _no_grad_threads = 0
+if PyThread_tss_create(&_no_grad_depth) != 0:
+    raise MemoryError("fastgrad: cannot create thread-specific storage")
+
+
+cdef inline bint recording() noexcept:
+    return _no_grad_threads == 0 or PyThread_tss_get(&_no_grad_depth) == NULL
+
+
+def _enter_no_grad():
+    global _no_grad_threads
+    cdef Py_ssize_t depth = <Py_ssize_t>PyThread_tss_get(&_no_grad_depth)
+    if PyThread_tss_set(&_no_grad_depth, <void*>(depth + 1)) != 0:
+        raise MemoryError("fastgrad: cannot set thread-specific storage")
+    if depth == 0:
+        _no_grad_threads += 1
+
+
+def _exit_no_grad():
+    global _no_grad_threads
+    cdef Py_ssize_t depth = <Py_ssize_t>PyThread_tss_get(&_no_grad_depth)
+    if depth == 0:
+        raise RuntimeError("no_grad exited more often than entered")
+    PyThread_tss_set(&_no_grad_depth, <void*>(depth - 1))   # (lowering never allocates)
+    if depth == 1:
+        _no_grad_threads -= 1
+
+
+def _is_grad_enabled():
+    return recording()
+
 
 # allocations left before a simulated failure (-1: never); set by _test_fail_allocs
 cdef Py_ssize_t _allocs_until_failure = -1
@@ -357,6 +395,71 @@ cdef inline void affine_backward(node_t i) noexcept nogil:
         T.grad[x] += T.value[w] * g
 
 
+# LOG: out = log(a), raising ValueError for a <= 0 as math.log does
+cdef int log_forward(real_t a, real_t* out) except -1:
+    if a <= 0.0:
+        raise ValueError("math domain error")
+    out[0] = log(a)
+    return 0
+
+cdef inline void log_backward(node_t i) noexcept nogil:
+    T.grad[T.lhs[i]] += T.grad[i] / T.value[T.lhs[i]]
+
+
+# SIGMOID: out = 1 / (1 + exp(-a)); for a < 0 as exp(a) / (1 + exp(a)), so that no exp
+# overflows: finite for every finite a, exactly 0 or 1 far out
+cdef inline real_t sigmoid_forward(real_t a) noexcept nogil:
+    cdef real_t e
+    if a >= 0.0:
+        return 1.0 / (1.0 + exp(-a))
+    e = exp(a)
+    return e / (1.0 + e)
+
+cdef inline void sigmoid_backward(node_t i) noexcept nogil:
+    cdef real_t s = T.value[i]
+    T.grad[T.lhs[i]] += s * (1.0 - s) * T.grad[i]
+
+
+# SQRT: out = sqrt(a), raising ValueError for a < 0 as math.sqrt does
+cdef int sqrt_forward(real_t a, real_t* out) except -1:
+    if a < 0.0:
+        raise ValueError("math domain error")
+    out[0] = sqrt(a)
+    return 0
+
+cdef inline void sqrt_backward(node_t i) noexcept nogil:
+    # d sqrt(a) = 1 / (2 sqrt(a)): inf at 0
+    T.grad[T.lhs[i]] += T.grad[i] / (2.0 * T.value[i])
+
+
+# ABS: out = |a|; its derivative sign(a) is 0 at 0 (a subgradient, PyTorch's choice)
+cdef inline real_t abs_forward(real_t a) noexcept nogil:
+    return fabs(a)
+
+cdef inline void abs_backward(node_t i) noexcept nogil:
+    cdef real_t a = T.value[T.lhs[i]]
+    cdef real_t sign = a if isnan(a) else <real_t>(a > 0.0) - <real_t>(a < 0.0)
+    T.grad[T.lhs[i]] += sign * T.grad[i]
+
+
+# POWV: out = a ** b, both Values; a must be positive (then the result is real and
+# d/db = out * log(a) exists), else ValueError; overflow raises as for floats
+cdef int powv_forward(real_t a, real_t b, real_t* out) except -1:
+    if a <= 0.0:
+        raise ValueError(f"the base of Value ** Value must be positive, not {a!r}")
+    out[0] = pow(a, b)
+    if isinf(out[0]) and isfinite(a) and isfinite(b):
+        raise OverflowError(f"{a!r} ** {b!r}: numerical result out of range")
+    return 0
+
+cdef inline void powv_backward(node_t i) noexcept nogil:
+    # IEEE pow and log: a base made non-positive later (by assigning data) gives nan or inf
+    cdef node_t a = T.lhs[i], b = T.rhs[i]
+    cdef real_t g = T.grad[i]
+    T.grad[a] += T.value[b] * pow(T.value[a], T.value[b] - 1.0) * g
+    T.grad[b] += T.value[i] * log(T.value[a]) * g
+
+
 # CUSTOM: Value(data, children, op); its rule is its Python _backward, if it has one
 cdef int custom_backward(node_t i) except -1:
     cdef Value h
@@ -383,6 +486,16 @@ cdef inline void builtin_rule(node_t i) noexcept nogil:
         exp_backward(i)
     elif o == AFFINE:
         affine_backward(i)
+    elif o == LOG:
+        log_backward(i)
+    elif o == SIGMOID:
+        sigmoid_backward(i)
+    elif o == SQRT:
+        sqrt_backward(i)
+    elif o == ABS:
+        abs_backward(i)
+    elif o == POWV:
+        powv_backward(i)
 
 
 cdef inline int evaluate(node_t i) except -1:
@@ -405,6 +518,16 @@ cdef inline int evaluate(node_t i) except -1:
         T.value[i] = tanh_forward(a)
     elif o == EXP:
         exp_forward(a, &T.value[i])
+    elif o == LOG:
+        log_forward(a, &T.value[i])
+    elif o == SIGMOID:
+        T.value[i] = sigmoid_forward(a)
+    elif o == SQRT:
+        sqrt_forward(a, &T.value[i])
+    elif o == ABS:
+        T.value[i] = abs_forward(a)
+    elif o == POWV:
+        powv_forward(a, T.value[T.rhs[i]], &T.value[i])
     return 0
 
 
@@ -912,6 +1035,9 @@ cdef object binary(uint8_t op, Value a, object b):
         rhs = -1
     h = new_handle()
     reserve(2)
+    if not recording():
+        return attach(h, push(LEAF, add_forward(T.value[lhs], x) if op == ADD else
+                              mul_forward(T.value[lhs], x), -1, -1))
     if rhs < 0:
         rhs = push(LEAF, x, -1, -1)
     if op == ADD:
@@ -920,9 +1046,23 @@ cdef object binary(uint8_t op, Value a, object b):
 
 
 cdef object unary(uint8_t op, real_t value, Value a):
+    """A new node op(a) of the given value (a leaf under no_grad)."""
     cdef Value h = new_handle()
     reserve(1)
+    if not recording():
+        return attach(h, push(LEAF, value, -1, -1))
     return attach(h, push(op, value, a.slot, -1))
+
+
+cdef object power_of_values(Value a, Value b):
+    cdef real_t r
+    cdef Value h
+    powv_forward(T.value[check_slot(a)], T.value[check_slot(b)], &r)
+    h = new_handle()
+    reserve(1)
+    if not recording():
+        return attach(h, push(LEAF, r, -1, -1))
+    return attach(h, push(POWV, r, a.slot, b.slot))
 
 
 cdef inline node_t check_slot(Value v) except -1:
@@ -1128,21 +1268,34 @@ cdef class Value:
         return binary(MUL, self, other)
 
     def __pow__(self, other, mod):
+        # self ** k for an int or float k (micrograd's op, '**k'); self ** Value (POWV)
         cdef real_t k, r
         cdef Value out
         if mod is not None:
             raise TypeError("pow() with a modulus is not supported for Value")
+        if type(other) is Value:
+            return power_of_values(self, other)
         if not isinstance(other, (int, float)):
-            raise TypeError("only supporting int/float powers for now")
+            raise TypeError(f"unsupported exponent type {type(other).__name__!r}: "
+                            "int, float or Value")
         k = other
         pow_forward(T.value[check_slot(self)], k, &r)
         out = unary(POW, r, self)
-        T.param[out.slot].exponent = k
-        if PyBool_Check(other):
-            T.flags[out.slot] |= POW_BOOL
-        elif PyLong_Check(other):
-            T.flags[out.slot] |= POW_INT
+        if T.op[out.slot] == POW:           # (under no_grad it is a leaf)
+            T.param[out.slot].exponent = k
+            if PyBool_Check(other):
+                T.flags[out.slot] |= POW_BOOL
+            elif PyLong_Check(other):
+                T.flags[out.slot] |= POW_INT
         return out
+
+    def __rpow__(self, other, mod):
+        # number ** self: the number becomes a leaf, as in every binary op
+        if mod is not None:
+            raise TypeError("pow() with a modulus is not supported for Value")
+        if not isinstance(other, (int, float)):
+            return NotImplemented
+        return power_of_values(Value(other), self)
 
     @staticmethod
     def _sum_of_products(start, ws, xs):
@@ -1153,7 +1306,7 @@ cdef class Value:
         cdef real_t* number = NULL
         cdef node_t acc, rhs, m
         cdef Value h
-        if type(start) is not Value or not all_values_or_reals(w, x, n):
+        if type(start) is not Value or not all_values_or_reals(w, x, n) or not recording():
             return python_sum_of_products(start, w, x)
         if n == 0:
             return start
@@ -1183,7 +1336,7 @@ cdef class Value:
         cdef real_t* number = NULL
         cdef node_t i
         cdef Value h
-        if type(start) is not Value or not all_values_or_reals(w, x, n):
+        if type(start) is not Value or not all_values_or_reals(w, x, n) or not recording():
             return python_sum_of_products(start, w, x)
         if n == 0:
             return start
@@ -1224,6 +1377,22 @@ cdef class Value:
         cdef real_t r
         exp_forward(T.value[check_slot(self)], &r)
         return unary(EXP, r, self)
+
+    def log(self):
+        cdef real_t r
+        log_forward(T.value[check_slot(self)], &r)
+        return unary(LOG, r, self)
+
+    def sigmoid(self):
+        return unary(SIGMOID, sigmoid_forward(T.value[check_slot(self)]), self)
+
+    def sqrt(self):
+        cdef real_t r
+        sqrt_forward(T.value[check_slot(self)], &r)
+        return unary(SQRT, r, self)
+
+    def __abs__(self):
+        return unary(ABS, abs_forward(T.value[check_slot(self)]), self)
 
     def __neg__(self): # -self
         return self * -1

@@ -3,7 +3,8 @@ import math
 import random
 
 
-def make_moons(n_samples=100, noise=0.1, seed=0):
+def make_moons(n_samples: int = 100, noise: float = 0.1,
+               seed: int = 0) -> tuple[list[tuple[float, float]], list[int]]:
     """Two interleaving half circles (scikit-learn's make_moons, drawn with `random`).
 
     Returns (X, y): a list of (x1, x2) tuples and a list of labels -1 and 1, as in
@@ -12,7 +13,8 @@ def make_moons(n_samples=100, noise=0.1, seed=0):
     rnd = random.Random(seed)
     n_out = n_samples // 2
     n_in = n_samples - n_out
-    X, y = [], []
+    X: list[tuple[float, float]] = []
+    y: list[int] = []
     for i in range(n_out):
         t = math.pi * i / (n_out - 1) if n_out > 1 else 0.0
         X.append((math.cos(t), math.sin(t)))

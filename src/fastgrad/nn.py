@@ -1,5 +1,8 @@
 """Drop-in for micrograd.nn: the same modules, reprs, parameter order and random draws."""
+from __future__ import annotations
+
 import random
+from typing import Any, Sequence
 
 from fastgrad.engine import Value
 
@@ -7,11 +10,11 @@ from fastgrad.engine import Value
 class Module:
     """Base class: a bag of parameters."""
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = 0
 
-    def parameters(self):
+    def parameters(self) -> list[Value]:
         return []
 
 
@@ -21,13 +24,13 @@ class Neuron(Module):
     fused=True makes w . x + b one 'affine' node (children b, w and x) instead of
     micrograd's chain of '*' and '+' nodes: the same values and grads, a smaller graph."""
 
-    def __init__(self, nin, nonlin=True, fused=False):
+    def __init__(self, nin: int, nonlin: bool = True, fused: bool = False) -> None:
         self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
         self.b = Value(0)
         self.nonlin = nonlin
         self.fused = fused
 
-    def __call__(self, x):
+    def __call__(self, x: Sequence[Value | float]) -> Value:
         # micrograd's sum((wi*xi for wi, xi in zip(self.w, x)), self.b): the same nodes,
         # b + w0*x0 + w1*x1 + ..., made by the engine in one call (or one fused node)
         if self.fused:
@@ -36,27 +39,28 @@ class Neuron(Module):
             act = Value._sum_of_products(self.b, self.w, x)
         return act.relu() if self.nonlin else act
 
-    def parameters(self):
+    def parameters(self) -> list[Value]:
         return self.w + [self.b]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{'ReLU' if self.nonlin else 'Linear'}Neuron({len(self.w)})"
 
 
 class Layer(Module):
     """nout neurons reading the same inputs; one output is returned bare, not in a list."""
 
-    def __init__(self, nin, nout, **kwargs):
+    def __init__(self, nin: int, nout: int, **kwargs: Any) -> None:
         self.neurons = [Neuron(nin, **kwargs) for _ in range(nout)]
 
-    def __call__(self, x):
+    def __call__(self, x: Sequence[Value | float]) -> Any:
+        # a Value, or a list of Values (typed Any, as micrograd's callers use either)
         out = [n(x) for n in self.neurons]
         return out[0] if len(out) == 1 else out
 
-    def parameters(self):
+    def parameters(self) -> list[Value]:
         return [p for n in self.neurons for p in n.parameters()]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Layer of [{', '.join(str(n) for n in self.neurons)}]"
 
 
@@ -64,18 +68,18 @@ class MLP(Module):
     """Layers of sizes nin -> nouts[0] -> ... -> nouts[-1]; the last one is linear.
     fused=True gives every neuron one 'affine' node (see Neuron)."""
 
-    def __init__(self, nin, nouts, fused=False):
+    def __init__(self, nin: int, nouts: list[int], fused: bool = False) -> None:
         sz = [nin] + nouts
         self.layers = [Layer(sz[i], sz[i + 1], nonlin=i != len(nouts) - 1, fused=fused)
                        for i in range(len(nouts))]
 
-    def __call__(self, x):
+    def __call__(self, x: Sequence[Value | float]) -> Any:
         for layer in self.layers:
             x = layer(x)
         return x
 
-    def parameters(self):
+    def parameters(self) -> list[Value]:
         return [p for layer in self.layers for p in layer.parameters()]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"MLP of [{', '.join(str(layer) for layer in self.layers)}]"

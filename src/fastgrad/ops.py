@@ -18,7 +18,12 @@ class Op(IntEnum):
     EXP = 6      # exp(lhs)
     CUSTOM = 7   # Value(data, children, op): any children, an optional Python _backward
     AFFINE = 8   # b + w0 * x0 + w1 * x1 + ...: a neuron's pre-activation in one node
-    COUNT = 9    # sentinel: the number of op codes
+    LOG = 9      # log(lhs), lhs > 0
+    SIGMOID = 10 # 1 / (1 + exp(-lhs)), computed without overflow
+    SQRT = 11    # sqrt(lhs), lhs >= 0
+    ABS = 12     # |lhs|
+    POWV = 13    # lhs ** rhs, both Values (a number base becomes a leaf), lhs > 0
+    COUNT = 14   # sentinel: the number of op codes
 
 
 # how many children a node of each op has (None: any number)
@@ -32,10 +37,16 @@ ARITY = {
     Op.EXP: 1,
     Op.CUSTOM: None,
     Op.AFFINE: None,     # 1 + 2 * terms: b, w0, x0, w1, x1, ...
+    Op.LOG: 1,
+    Op.SIGMOID: 1,
+    Op.SQRT: 1,
+    Op.ABS: 1,
+    Op.POWV: 2,
 }
 
 # the `_op` string micrograd shows for a node ('**' is followed by the exponent, as in
-# micrograd's f'**{k}'; a CUSTOM node shows whatever string it was made with)
+# micrograd's f'**{k}', except for POWV, whose exponent is a child; a CUSTOM node shows
+# whatever string it was made with)
 SYMBOL = {
     Op.LEAF: '',
     Op.ADD: '+',
@@ -46,6 +57,11 @@ SYMBOL = {
     Op.EXP: 'exp',
     Op.CUSTOM: '',
     Op.AFFINE: 'affine',
+    Op.LOG: 'log',
+    Op.SIGMOID: 'sigmoid',
+    Op.SQRT: 'sqrt',
+    Op.ABS: 'abs',
+    Op.POWV: '**',
 }
 
 # the local chain rule of each op, with g the node's grad: what is added into each child
@@ -59,6 +75,12 @@ DERIVATIVE = {
     Op.EXP: 'lhs.grad += out.data * g',
     Op.CUSTOM: 'whatever its Python _backward does (nothing if it has none)',
     Op.AFFINE: 'b.grad += g; w_k.grad += x_k.data * g; x_k.grad += w_k.data * g',
+    Op.LOG: 'lhs.grad += g / lhs.data',
+    Op.SIGMOID: 'lhs.grad += out.data * (1 - out.data) * g',
+    Op.SQRT: 'lhs.grad += g / (2 * out.data)',
+    Op.ABS: 'lhs.grad += sign(lhs.data) * g (0 at 0, nan at nan)',
+    Op.POWV: 'lhs.grad += rhs.data * lhs.data ** (rhs.data - 1) * g; '
+             'rhs.grad += out.data * log(lhs.data) * g',
 }
 
 

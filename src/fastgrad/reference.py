@@ -5,6 +5,7 @@ is not built, and the baseline of the benchmark suite. Backward rules are keyed 
 codes of fastgrad.ops; ordering is iterative, so deep graphs work here too.
 """
 import math
+import threading
 
 from fastgrad.ops import SYMBOL, Op, pow_symbol
 
@@ -62,6 +63,46 @@ def _pow_ieee(a, k):
     return math.nan if isinstance(r, complex) else r
 
 
+def _div_ieee(x, y):
+    """x / y as C divides: inf or nan where Python would raise ZeroDivisionError."""
+    try:
+        return x / y
+    except ZeroDivisionError:
+        if x == 0.0 or math.isnan(x):
+            return math.nan
+        return math.copysign(math.inf, x) * math.copysign(1.0, y)
+
+
+def _log_ieee(a):
+    """log(a) as C computes it: -inf at 0, nan below."""
+    if a > 0.0 or math.isnan(a):
+        return math.log(a)
+    return -math.inf if a == 0.0 else math.nan
+
+
+def _log_forward(a):
+    if a <= 0.0:
+        raise ValueError("math domain error")
+    return math.log(a)
+
+
+def _sigmoid_forward(a):
+    # for a < 0 as exp(a) / (1 + exp(a)): no exp overflows
+    if a >= 0.0:
+        return 1.0 / (1.0 + math.exp(-a))
+    e = math.exp(a)
+    return e / (1.0 + e)
+
+
+def _powv_forward(a, b):
+    if not a > 0.0 and not math.isnan(a):
+        raise ValueError(f"the base of Value ** Value must be positive, not {a!r}")
+    try:
+        return a ** b
+    except OverflowError:
+        raise OverflowError(f"{a!r} ** {b!r}: numerical result out of range") from None
+
+
 # The local chain rule of each op (ops.DERIVATIVE), applied to node `out`.
 def _add_rule(out):
     a, b = out._children
@@ -112,6 +153,33 @@ def _affine_forward(out, b, *terms):
     return acc
 
 
+def _log_rule(out):
+    a = out._children[0]
+    a._grad += _div_ieee(out._grad, a._data)
+
+
+def _sigmoid_rule(out):
+    s = out._data
+    out._children[0]._grad += s * (1.0 - s) * out._grad
+
+
+def _sqrt_rule(out):
+    out._children[0]._grad += _div_ieee(out._grad, 2.0 * out._data)
+
+
+def _abs_rule(out):
+    a = out._children[0]
+    sign = a._data if math.isnan(a._data) else float(a._data > 0.0) - float(a._data < 0.0)
+    a._grad += sign * out._grad
+
+
+def _powv_rule(out):
+    a, b = out._children
+    g = out._grad
+    a._grad += b._data * _pow_ieee(a._data, b._data - 1.0) * g
+    b._grad += out._data * _log_ieee(a._data) * g
+
+
 def _no_rule(out):
     pass
 
@@ -126,6 +194,11 @@ RULES = {
     Op.EXP: _exp_rule,
     Op.CUSTOM: _no_rule,   # a CUSTOM node's rule is its Python _backward, if any
     Op.AFFINE: _affine_rule,
+    Op.LOG: _log_rule,
+    Op.SIGMOID: _sigmoid_rule,
+    Op.SQRT: _sqrt_rule,
+    Op.ABS: _abs_rule,
+    Op.POWV: _powv_rule,
 }
 
 
@@ -138,7 +211,33 @@ FORWARD = {
     Op.TANH: lambda out, a: math.tanh(a),
     Op.EXP: lambda out, a: math.exp(a),
     Op.AFFINE: _affine_forward,
+    Op.LOG: lambda out, a: _log_forward(a),
+    Op.SIGMOID: lambda out, a: _sigmoid_forward(a),
+    Op.SQRT: lambda out, a: math.sqrt(a),
+    Op.ABS: lambda out, a: abs(a),
+    Op.POWV: lambda out, a, b: _powv_forward(a, b),
 }
+
+
+class _GradMode(threading.local):
+    no_grad_depth = 0       # per thread: how many no_grad blocks it is inside
+
+
+_mode = _GradMode()
+
+
+def _enter_no_grad():
+    _mode.no_grad_depth += 1
+
+
+def _exit_no_grad():
+    if _mode.no_grad_depth == 0:
+        raise RuntimeError("no_grad exited more often than entered")
+    _mode.no_grad_depth -= 1
+
+
+def _is_grad_enabled():
+    return _mode.no_grad_depth == 0
 
 
 def _rule(code):
@@ -167,7 +266,10 @@ class Value:
 
     @classmethod
     def _node(cls, code, data, children):
-        # the ops' constructor: no argument checks, they were done by the operator
+        # the ops' constructor: no argument checks, they were done by the operator; under
+        # no_grad a leaf holding the value
+        if _mode.no_grad_depth:
+            code, children = Op.LEAF, ()
         out = cls.__new__(cls)
         out._data = data
         out._grad = 0.0
@@ -266,13 +368,25 @@ class Value:
         return self._binary(Op.MUL, other)
 
     def __pow__(self, other, mod=None):
+        # self ** k for an int or float k (micrograd's op, '**k'); self ** Value (POWV)
         if mod is not None:
             raise TypeError("pow() with a modulus is not supported for Value")
+        if type(other) is Value:
+            return Value._node(Op.POWV, _powv_forward(self._data, other._data), (self, other))
         if not isinstance(other, (int, float)):
-            raise TypeError("only supporting int/float powers for now")
+            raise TypeError(f"unsupported exponent type {type(other).__name__!r}: "
+                            "int, float or Value")
         out = Value._node(Op.POW, _pow_forward(self._data, float(other)), (self,))
         out._k = other   # kept as given, so that `_op` shows '**2', '**2.0' or '**True'
         return out
+
+    def __rpow__(self, other, mod=None):
+        # number ** self: the number becomes a leaf, as in every binary op
+        if mod is not None:
+            raise TypeError("pow() with a modulus is not supported for Value")
+        if not isinstance(other, (int, float)):
+            return NotImplemented
+        return Value(other) ** self
 
     @staticmethod
     def _sum_of_products(start, ws, xs):
@@ -310,6 +424,18 @@ class Value:
 
     def exp(self):
         return Value._node(Op.EXP, math.exp(self._data), (self,))
+
+    def log(self):
+        return Value._node(Op.LOG, _log_forward(self._data), (self,))
+
+    def sigmoid(self):
+        return Value._node(Op.SIGMOID, _sigmoid_forward(self._data), (self,))
+
+    def sqrt(self):
+        return Value._node(Op.SQRT, math.sqrt(self._data), (self,))
+
+    def __abs__(self):
+        return Value._node(Op.ABS, abs(self._data), (self,))
 
     def __neg__(self): # -self
         return self * -1

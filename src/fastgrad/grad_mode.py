@@ -1,0 +1,41 @@
+"""`no_grad`: ops compute values without recording nodes, as torch.no_grad does.
+
+    with fastgrad.no_grad():
+        accuracy = sum((model(x).data > 0) == (y > 0) for x, y in data) / len(data)
+
+Inside the block, an operator or method of a Value (`+ * ** relu tanh exp log ...`, a
+Neuron's sum of products) returns a leaf holding the value: no children, nothing for
+backward to follow, and no node kept alive for it. A node made explicitly with
+`Value(data, children, op)` is kept as written. The mode is per thread and nests; it
+also works as a decorator. Both engines follow it.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from fastgrad import reference
+
+try:
+    from fastgrad import _core
+    _ENGINES: tuple[Any, ...] = (_core, reference)
+except ImportError:
+    _ENGINES = (reference,)
+
+
+class no_grad(contextlib.ContextDecorator):
+    """Context manager (or decorator) in which ops record no graph."""
+
+    def __enter__(self) -> no_grad:
+        for engine in _ENGINES:
+            engine._enter_no_grad()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for engine in _ENGINES:
+            engine._exit_no_grad()
+
+
+def is_grad_enabled() -> bool:
+    """False inside a no_grad block (of the calling thread)."""
+    return bool(reference._is_grad_enabled())

@@ -1,0 +1,200 @@
+"""Issue 7's additions on both engines: softmax and cross-entropy, graph pictures,
+gradcheck, no_grad and the demo. (The new ops themselves are in test_ops.py.)"""
+import math
+import shutil
+import threading
+
+import pytest
+
+import fastgrad
+from fastgrad import functional as F
+from fastgrad import viz
+
+
+def finite_difference(f, xs, i, eps=1e-6):
+    up = list(xs); up[i] += eps
+    down = list(xs); down[i] -= eps
+    return (f(up) - f(down)) / (2 * eps)
+
+
+def softmax_floats(xs):
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def ce_floats(xs, t):
+    m = max(xs)
+    return math.log(sum(math.exp(x - m) for x in xs)) + m - xs[t]
+
+
+LOGITS = [0.5, -1.25, 2.0, 0.0]
+
+
+def test_softmax_closed_form_and_gradients(Value):
+    xs = [Value(x) for x in LOGITS]
+    probs = F.softmax(xs)
+    assert [p.data for p in probs] == [pytest.approx(p, rel=1e-12) for p in softmax_floats(LOGITS)]
+    assert sum(p.data for p in probs) == pytest.approx(1.0, rel=1e-12)
+    probs[2].backward()
+    for i, x in enumerate(xs):
+        fd = finite_difference(lambda v: softmax_floats(v)[2], LOGITS, i)
+        assert x.grad == pytest.approx(fd, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("target", [0, 2, -1])
+def test_cross_entropy_closed_form_and_gradients(Value, target):
+    xs = [Value(x) for x in LOGITS]
+    loss = F.cross_entropy(xs, target)
+    loss.backward()
+    assert loss.data == pytest.approx(ce_floats(LOGITS, target), rel=1e-12)
+    p = softmax_floats(LOGITS)
+    for i, x in enumerate(xs):                  # d CE / d x_i = p_i - [i == target]
+        assert x.grad == pytest.approx(p[i] - (i == target % len(xs)), rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("scale", [1000.0, -1000.0])
+def test_softmax_and_cross_entropy_are_stable(Value, scale):
+    xs = [Value(scale), Value(0.0), Value(-scale)]
+    probs = F.softmax(xs)
+    assert all(math.isfinite(p.data) for p in probs)
+    loss = F.cross_entropy(xs, 1)
+    loss.backward()
+    assert math.isfinite(loss.data) and loss.data == pytest.approx(abs(scale), rel=1e-12)
+    assert all(math.isfinite(x.grad) for x in xs)
+    s = Value(scale).sigmoid()
+    s.backward()
+    assert s.data in (0.0, 1.0)
+
+
+def test_functional_against_torch(Value):
+    torch = pytest.importorskip("torch")
+    xs = [Value(x) for x in LOGITS]
+    F.cross_entropy(xs, 1).backward()
+    t = torch.tensor(LOGITS, dtype=torch.float64, requires_grad=True)
+    tl = torch.nn.functional.cross_entropy(t.unsqueeze(0), torch.tensor([1]))
+    tl.backward()
+    assert [x.grad for x in xs] == [pytest.approx(g, rel=1e-12, abs=1e-15) for g in t.grad.tolist()]
+
+
+def test_functional_bad_input(Value):
+    with pytest.raises(ValueError):
+        F.softmax([])
+    with pytest.raises(TypeError):
+        F.softmax([1.0, 2.0])
+    with pytest.raises(IndexError):
+        F.cross_entropy([Value(1.0)], 3)
+    with pytest.raises(TypeError):
+        F.cross_entropy([Value(1.0)], 0.0)
+
+
+def lecture_graph(Value):
+    # the blog's first expression, labels included
+    a = Value(2.0, label='a')
+    b = Value(-3.0, label='b')
+    c = Value(10.0, label='c')
+    e = a * b; e.label = 'e'
+    d = e + c; d.label = 'd'
+    f = Value(-2.0, label='f')
+    L = d * f; L.label = 'L'
+    L.backward()
+    return L
+
+
+def test_trace(Value):
+    L = lecture_graph(Value)
+    nodes, edges = viz.trace(L)
+    assert sorted(n.label for n in nodes) == ['L', 'a', 'b', 'c', 'd', 'e', 'f']
+    assert sorted((c.label, p.label) for c, p in edges) == [
+        ('a', 'e'), ('b', 'e'), ('c', 'd'), ('d', 'L'), ('e', 'd'), ('f', 'L')]
+
+
+def test_draw_dot_source(Value):
+    pytest.importorskip("graphviz")
+    L = lecture_graph(Value)
+    dot = viz.draw_dot(L)
+    src = dot.source
+    assert "rankdir=LR" in src
+    assert "{ L | data -8.0000 | grad 1.0000 }" in src
+    assert "{ a | data 2.0000 | grad 6.0000 }" in src
+    assert src.count("shape=record") == 7
+    assert src.count('label="*"') == 2 and src.count('label="+"') == 1
+    assert src.count("->") == 6 + 3                   # child -> op node, op node -> result
+    assert 'rankdir=TB' in viz.draw_dot(L, rankdir='TB').source
+    with pytest.raises(ValueError):
+        viz.draw_dot(L, rankdir='XY')
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot program is not installed")
+def test_draw_dot_renders(Value, tmp_path):
+    pytest.importorskip("graphviz")
+    svg = viz.draw_dot(lecture_graph(Value)).pipe(format='svg').decode()
+    assert svg.lstrip().startswith("<?xml") and "data -8.0000" in svg
+
+
+def test_gradcheck_passes_and_reports(Value):
+    f = lambda x, y: (x * y + x.exp()).tanh() + (y ** 2).log() + x.sigmoid() * abs(y)
+    assert fastgrad.gradcheck(f, [Value(0.3), Value(-1.2)])
+    assert fastgrad.gradcheck(f, [0.3, -1.2])
+
+    class Wrong:
+        """x * x with a wrong local derivative (3x instead of 2x), added the lecture's way."""
+        def __call__(self, x):
+            out = Value(x.data * x.data, (x,), 'sq')
+
+            def _backward():
+                x.grad += 3 * x.data * out.grad
+            out._backward = _backward
+            return out
+
+    with pytest.raises(fastgrad.GradcheckError, match=r"input 0 .*backward 4\.5, finite difference (2\.999|3\.0)"):
+        fastgrad.gradcheck(Wrong(), [Value(1.5)])
+    assert fastgrad.gradcheck(Wrong(), [Value(1.5)], raise_exception=False) is False
+
+
+def test_no_grad(Value):
+    a = Value(1.5)
+    with fastgrad.no_grad():
+        assert not fastgrad.is_grad_enabled()
+        y = (a * 2.0 + a).tanh() ** 2 + a.log()
+        with fastgrad.no_grad():                   # nests
+            z = a * a
+        w = a * a
+    assert fastgrad.is_grad_enabled()
+    assert y.data == pytest.approx(math.tanh(4.5) ** 2 + math.log(1.5), rel=1e-12)
+    assert y._prev == set() and y._op == '' and z._prev == set() and w._prev == set()
+    y.backward()
+    assert a.grad == 0.0                           # nothing recorded leads back to a
+    v = a * a                                      # recording again after the block
+    assert v._prev == {a}
+
+    @fastgrad.no_grad()
+    def evaluate(x):
+        return x * 3.0
+    assert evaluate(a)._prev == set()
+
+
+def test_no_grad_is_per_thread(Value):
+    a = Value(2.0)
+    inside, recorded = threading.Event(), []
+
+    def other():
+        inside.wait(5)
+        recorded.append(len((a * 3.0)._prev))       # this thread is not in a no_grad block
+
+    t = threading.Thread(target=other)
+    t.start()
+    with fastgrad.no_grad():
+        inside.set()
+        t.join(5)
+        assert (a * 3.0)._prev == set()
+    assert recorded == [2]
+
+
+def test_demo_reaches_micrographs_accuracy(tmp_path):
+    from fastgrad import demo
+    model, curve = demo.train(steps=100)
+    assert curve[-1][1] >= 0.99
+    pytest.importorskip("matplotlib")
+    assert demo.main(["--steps", "100", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "moons.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,58 @@
+"""A user's script on fastgrad's public API, for `mypy --strict` (tests/test_typing.py)."""
+import random
+
+import fastgrad
+from fastgrad.datasets import make_moons
+from fastgrad.engine import Value
+from fastgrad.nn import MLP, Neuron
+from fastgrad.optim import SGD, Adam
+
+a = Value(2.0, label='a')
+b = Value(-3.0)
+c = (a * b + 1).tanh() ** 2 - b / a + 3 * a.exp() - a.relu()
+c.backward()
+grads: list[float] = [a.grad, b.grad]
+a.data = a.data + 0.5
+children: set[Value] = c._prev
+op: str = c._op
+custom = Value(a.data * 2, (a,), 'double')
+
+
+def _backward() -> None:
+    a.grad += 2 * custom.grad
+
+
+custom._backward = _backward
+custom.backward()
+
+random.seed(0)
+X, y = make_moons(20)
+model = MLP(2, [8, 1])
+inputs = [[Value(x1), Value(x2)] for x1, x2 in X]
+scores: list[Value] = [model(x) for x in inputs]
+loss = sum(((1 + -yi * si).relu() for yi, si in zip(y, scores)), Value(0.0)) * (1.0 / len(y))
+opt = SGD(model.parameters(), lr=0.1)
+for step in range(3):
+    loss.recompute()
+    opt.zero_grad()
+    loss.backward()
+    opt.param_groups[0]['lr'] = 0.1 * (1 - step / 3)
+    opt.step()
+adam = Adam(Neuron(3).parameters(), lr=1e-2, betas=(0.9, 0.99))
+adam.step()
+engine: str = fastgrad.ENGINE
+print(f"{loss.data:.4f}", engine, grads, len(children), op)
+
+# beyond micrograd
+from fastgrad import gradcheck, no_grad
+from fastgrad.functional import cross_entropy, softmax
+from fastgrad.viz import trace
+
+z = a.log() + a.sigmoid() + a.sqrt() + abs(b) + a ** b + 2 ** a
+probs: list[Value] = softmax([a, b, z])
+ce: Value = cross_entropy([a, b, z], 1)
+with no_grad():
+    frozen: Value = a * b
+ok: bool = gradcheck(lambda x, y: (x * y).tanh(), [0.3, 0.4])
+nodes, edges = trace(ce)
+print(len(probs), ce.data, frozen.data, ok, len(nodes), len(edges))
