@@ -3,7 +3,7 @@
 Training steps, custom ops (pinning and their GC cycles), the arena growing under a sweep,
 an exception out of a custom _backward, labels and handles re-made through _prev,
 pickling, injected allocation failures, a deep chain freed iteratively, a bare handle,
-a descending pass handed over to Kahn's algorithm.
+a descending pass handed over to Kahn's algorithm, the ops beyond micrograd, no_grad.
 """
 import gc, pickle, random
 from fastgrad._core import Value, _tape_stats, _test_fail_allocs
@@ -67,3 +67,14 @@ for fail in (-1, 0, 1, 2):
     _test_fail_allocs(-1)
     top.backward()
     del hold, p, q, s, gap, top
+# issue 7's ops, recomputed and failing halfway (all or nothing), and no_grad
+import fastgrad
+u, w = Value(1.5), Value(0.5)
+y = (u.log() + u.sigmoid() + u.sqrt() + abs(-u)) * u ** w + 2 ** w
+y.backward(); y.recompute(); y.backward()
+u.data = -1.0
+try: y.recompute()
+except ValueError: pass
+with fastgrad.no_grad():
+    z = (u * w).tanh() + Value._sum_of_products(u, [w], [2.0])
+del y, z

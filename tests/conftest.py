@@ -4,7 +4,7 @@ With FASTGRAD_PUREPYTHON=1 (or --no-compiled, for a build without the extension)
 the reference runs; `fastgrad.nn` then uses the reference too. With FASTGRAD_SANITIZED=1
 (`make check-memory`, under AddressSanitizer) the tests marked `unsanitized` are skipped:
 they measure resident memory or limit the address space, which ASan's shadow memory and
-quarantine change.
+quarantine change, or load a library that cannot run under ASan (matplotlib's fonts).
 """
 import os
 
@@ -23,7 +23,7 @@ def pytest_addoption(parser):
 
 def pytest_collection_modifyitems(config, items):
     skip_compiled = pytest.mark.skip(reason="compiled engine deselected")
-    skip_sanitized = pytest.mark.skip(reason="measures memory, which AddressSanitizer changes")
+    skip_sanitized = pytest.mark.skip(reason="cannot run under AddressSanitizer")
     for item in items:
         if "compiled" in item.keywords and (PURE or config.getoption("--no-compiled")):
             item.add_marker(skip_compiled)
