@@ -9,6 +9,7 @@ import math
 
 from hypothesis import strategies as st
 
+from fastgrad import reference
 from fastgrad.ops import Op
 
 BINARY = ["add", "mul", "sub", "div"]
@@ -136,21 +137,41 @@ def run(Value, program, skips=None, native=True, on_backward=None, holes=False):
 
 
 def local_derivatives(v):
-    """(child, local derivative) pairs of a reference-engine node, children repeated."""
-    code, ch = v._code, v._children
+    """(child, local derivative) pairs of a reference-engine node, children repeated, in
+    IEEE arithmetic (inf or nan where Python would raise), for every op."""
+    code, ch, t = v._code, v._children, v._data
     if code == Op.ADD:
         return [(ch[0], 1.0), (ch[1], 1.0)]
     if code == Op.MUL:
         return [(ch[0], ch[1]._data), (ch[1], ch[0]._data)]
     if code == Op.POW:
         k = float(v._k)
-        return [(ch[0], k * abs(ch[0]._data) ** (k - 1))]
+        return [(ch[0], k * reference._pow_ieee(abs(ch[0]._data), k - 1))]
     if code == Op.RELU:
-        return [(ch[0], float(v._data > 0))]
-    if code in (Op.TANH,) or (code == Op.CUSTOM and v._op == "tanh"):
-        return [(ch[0], 1 - v._data ** 2)]
+        return [(ch[0], float(t > 0))]
+    if code == Op.TANH or (code == Op.CUSTOM and v._op == "tanh"):
+        return [(ch[0], 1 - t * t)]
     if code == Op.EXP or (code == Op.CUSTOM and v._op == "exp"):
-        return [(ch[0], v._data)]
+        return [(ch[0], t)]
+    if code == Op.LOG:
+        return [(ch[0], reference._div_ieee(1.0, ch[0]._data))]
+    if code == Op.SIGMOID:
+        return [(ch[0], t * (1 - t))]
+    if code == Op.SQRT:
+        return [(ch[0], reference._div_ieee(1.0, 2.0 * t))]
+    if code == Op.ABS:
+        a = ch[0]._data
+        return [(ch[0], a if math.isnan(a) else float(a > 0) - float(a < 0))]
+    if code == Op.POWV:
+        a, e = ch[0]._data, ch[1]._data
+        return [(ch[0], e * reference._pow_ieee(a, e - 1)), (ch[1], t * reference._log_ieee(a))]
+    if code == Op.AFFINE:
+        b, *rest = ch
+        pairs = [(b, 1.0)]
+        for k in range(0, len(rest), 2):
+            w, x = rest[k], rest[k + 1]
+            pairs += [(w, x._data), (x, w._data)]
+        return pairs
     return []
 
 

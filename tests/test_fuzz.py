@@ -21,9 +21,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 import fastgrad
 from fastgrad import reference
-from fastgrad.ops import Op
 
-from graphs import close, custom_unary
+from graphs import close, custom_unary, local_derivatives
 
 core = pytest.importorskip("fastgrad._core")
 C, R = core.Value, reference.Value
@@ -31,45 +30,6 @@ C, R = core.Value, reference.Value
 ERRORS = (ArithmeticError, ValueError, TypeError)
 number = st.one_of(st.floats(-3, 3, allow_nan=False), st.integers(-3, 3), st.sampled_from([0.0, -0.0, 1e-3]))
 special = st.sampled_from([math.inf, -math.inf, math.nan, 1e300, -1e300])
-
-
-def terms(v):
-    """(child, local derivative) of a reference node, children repeated, in IEEE arithmetic
-    (inf or nan where Python's ** would raise), fused nodes included."""
-    code, ch, t = v._code, v._children, v._data
-    if code == Op.ADD:
-        return [(ch[0], 1.0), (ch[1], 1.0)]
-    if code == Op.MUL:
-        return [(ch[0], ch[1]._data), (ch[1], ch[0]._data)]
-    if code == Op.POW:
-        k = float(v._k)
-        return [(ch[0], k * reference._pow_ieee(abs(ch[0]._data), k - 1))]
-    if code == Op.RELU:
-        return [(ch[0], float(t > 0))]
-    if code == Op.TANH or (code == Op.CUSTOM and v._op == "tanh"):
-        return [(ch[0], 1 - t * t)]
-    if code == Op.EXP or (code == Op.CUSTOM and v._op == "exp"):
-        return [(ch[0], t)]
-    if code == Op.LOG:
-        return [(ch[0], reference._div_ieee(1.0, ch[0]._data))]
-    if code == Op.SIGMOID:
-        return [(ch[0], t * (1 - t))]
-    if code == Op.SQRT:
-        return [(ch[0], reference._div_ieee(1.0, 2.0 * t))]
-    if code == Op.ABS:
-        a = ch[0]._data
-        return [(ch[0], a if math.isnan(a) else float(a > 0) - float(a < 0))]
-    if code == Op.POWV:
-        a, e = ch[0]._data, ch[1]._data
-        return [(ch[0], e * reference._pow_ieee(a, e - 1)), (ch[1], t * reference._log_ieee(a))]
-    if code == Op.AFFINE:
-        b, *rest = ch
-        pairs = [(b, 1.0)]
-        for k in range(0, len(rest), 2):
-            w, x = rest[k], rest[k + 1]
-            pairs += [(w, x._data), (x, w._data)]
-        return pairs
-    return []
 
 
 class Grads:
@@ -83,7 +43,7 @@ class Grads:
         topo = root._topo()
         self.m[root] = 1.0
         for v in reversed(topo):
-            for c, d in terms(v):
+            for c, d in local_derivatives(v):
                 self.m[c] = self.m.get(c, 0.0) + abs(d) * self.m.get(v, 0.0)
 
     def recompute(self, root):
