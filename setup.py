@@ -45,10 +45,11 @@ if not os.environ.get("FASTGRAD_PUREPYTHON"):
             # no fused multiply-add: every operation rounds as Python's float arithmetic does
             extra_compile_args=(["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"] + sanitize,
             extra_link_args=sanitize,
-            optional=True,
         )],
         compiler_directives=directives,
         build_dir=f"build/{mode}",
     )
+    for ext in ext_modules:
+        ext.optional = True     # (set here: cythonize does not carry it over)
 
 setup(ext_modules=ext_modules, options={"build": {"build_base": f"build/{mode}"}})
