@@ -170,6 +170,39 @@ def test_slot_order_decides_the_sweep_not_the_result(C):
     del hold
 
 
+@compiled
+def test_a_graph_built_after_another_died_descends():
+    # the free list is sorted once the frees are over, not halfway through them (which
+    # left the rest of a training step's graph unsorted on top): a graph built in the
+    # freed slots lands in increasing slots and gets the one-pass backward
+    fresh("""
+import random
+from fastgrad import nn
+from fastgrad._core import _test_descends
+def step(model, X, y, k):                # micrograd's demo step (as demo_step below)
+    scores = [model(list(x)) for x in X]
+    losses = [(1 + -yi * si).relu() for yi, si in zip(y, scores)]
+    loss = sum(losses) * (1.0 / len(losses)) + 1e-4 * sum(p * p for p in model.parameters())
+    model.zero_grad()
+    loss.backward()
+    for p in model.parameters():
+        p.data -= (1.0 - 0.9 * k / 100) * p.grad
+random.seed(1)
+model = nn.MLP(2, [16, 16, 1])
+X = [(random.uniform(-1, 1), random.uniform(-1, 1)) for _ in range(100)]
+y = [1 if a * b > 0 else -1 for a, b in X]
+for k in range(3):
+    step(model, X, y, k)
+del model
+nodes = [Value(random.uniform(-1, 1)) for _ in range(64)]
+for _ in range(100000):
+    a, b = random.choice(nodes), random.choice(nodes)
+    nodes.append((a * b).tanh() + a)
+assert _test_descends(nodes[-1])
+print("ok")
+""")
+
+
 def sparse_graph(C, descending=True):
     """A small graph whose leaves lie far below it in the arena (20,000 live nodes in
     between): the descending pass hands it over to Kahn's algorithm partway. Nodes under

@@ -51,7 +51,8 @@ ctypedef union param_t:
 #     refs[i] = (number of child references to i from live parents, counted once per
 #     edge, so `a + a` counts 2) + (1 if handle[i] is not NULL);
 #   - a live slot's index never moves; free slots have the FREE flag and form a list
-#     threaded through lhs, sorted by index whenever half the arena has been freed;
+#     threaded through lhs, sorted by index before the next allocation once half the
+#     arena has been freed since the last sort;
 #   - lhs/rhs are -1 where the op has fewer children; CUSTOM and AFFINE keep theirs in
 #     param[i].kids (AFFINE: b, w0, x0, w1, x1, ...) and have lhs = rhs = -1;
 #   - children of a node were created before it, but slot reuse means index order is not
