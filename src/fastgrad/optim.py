@@ -53,7 +53,11 @@ def _kernel(params: Iterable[Value]) -> Any:
         raise ValueError("optimizer got an empty parameter list")
     if all(type(p) is reference.Value for p in params):
         return _PythonParams(params)
-    from fastgrad import _core
+    try:
+        from fastgrad import _core
+    except ImportError:         # a pure-Python install: only reference Values exist
+        bad = next(p for p in params if type(p) is not reference.Value)
+        raise TypeError(f"parameters must be Values, not {type(bad).__name__!r}") from None
     return _core._Params(params)
 
 
