@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from fastgrad import reference
 from fastgrad.ops import Op
+from fastgrad.viz import trace  # noqa: F401  (the lecture's trace(), iterative; tests use it)
 
 BINARY = ["add", "mul", "sub", "div"]
 UNARY = ["neg", "relu", "tanh", "exp", "custom_tanh", "custom_exp"]
@@ -208,19 +209,6 @@ def close(x, y, scale, rel=1e-9):
     if math.isnan(x) or math.isnan(y):
         return math.isnan(x) and math.isnan(y)
     return x == y or abs(x - y) <= rel * (scale + abs(x) + abs(y))
-
-
-def trace(root):
-    """The lecture's trace(), iteratively: the nodes and edges reachable through _prev."""
-    nodes, edges, stack = set(), set(), [root]
-    while stack:
-        v = stack.pop()
-        if v not in nodes:
-            nodes.add(v)
-            for child in v._prev:
-                edges.add((child, v))
-                stack.append(child)
-    return nodes, edges
 
 
 def shape(root):

@@ -104,18 +104,13 @@ def test_recompute_refuses_custom_ops(Value):
 
 
 def test_moons_example_follows_micrographs_loss_curve():
-    # examples/moons_replay.py (build once, recompute / backward / step) against
-    # micrograd's own loop, which rebuilds the graph every step
-    import importlib.util
-    import pathlib
-
+    # fastgrad.demo.train (build once, recompute / backward / step; what
+    # examples/moons_replay.py and `make demo` run) against micrograd's own loop, which
+    # rebuilds the graph every step
+    from fastgrad.demo import train
     from test_nn import micrograd_demo
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "moons_replay.py"
-    spec = importlib.util.spec_from_file_location("moons_replay", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    ours = example.train(steps=20, seed=1337)
+    _, ours = train(steps=20, seed=1337)
     theirs, _ = micrograd_demo(20)
     for (la, acc_a), (lb, acc_b) in zip(ours, theirs):
         assert la == pytest.approx(lb, rel=1e-9)
