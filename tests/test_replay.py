@@ -1,6 +1,8 @@
 """recompute(): a recorded graph re-evaluated from new leaf data equals the same graph
 built again from that data; then backward() equals micrograd's on the rebuilt graph."""
 import math
+import struct
+import sys
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -120,7 +122,8 @@ def test_moons_example_follows_micrographs_loss_curve():
 @pytest.mark.unsanitized
 def test_replayed_steps_keep_memory_flat():
     # 10,000 replayed steps of a small model, each also building and dropping a fresh
-    # graph (whose cached order must go with it): resident memory stays put
+    # graph (whose cached order must go with it) and replaying a fresh one (whose replay
+    # must go with it): resident memory stays put
     import gc
     import random
 
@@ -142,13 +145,224 @@ def test_replayed_steps_keep_memory_flat():
             opt.step()
             side = model(x) * 2.0
             side.backward()
+            side.recompute()
     def cached():
         import fastgrad
-        return fastgrad._core._tape_stats()["cached"] if fastgrad.ENGINE == "compiled" else 0
+        if fastgrad.ENGINE != "compiled":
+            return 0, 0
+        stats = fastgrad._core._tape_stats()
+        return stats["cached"], stats["replayed"]
     steps(1000)
     gc.collect()
     before, cached_before = rss_kb(), cached()
     steps(9000)
     gc.collect()
     assert rss_kb() - before < 2 * 1024, "resident memory grew by more than 2 MB"
-    assert cached() == cached_before            # only the live loss keeps an order
+    assert cached() == cached_before            # only the live loss keeps an order and a replay
+
+
+# --- backward() after recompute(): the replay's recorded derivatives --------------------
+# recompute() records every node's local derivatives, and the next backward() applies them
+# without dispatching on ops, in steps regrouped by op (only steps that commute are
+# swapped). It must be the rules' sweep to the bit, and it must not be used once a value
+# may have changed (data assigned, an optimizer step, another recompute()).
+
+def bits(x):
+    return struct.pack("<d", x)
+
+
+def replay_is_current(root):
+    """Whether root's next backward() sweeps its replay (a reference-engine root: True,
+    its backward has one path)."""
+    core = sys.modules.get("fastgrad._core")
+    if core is None or type(root) is not core.Value:
+        return True
+    return core._test_replay_current(root)
+
+
+def replayed_and_ruled(root):
+    """The grads of every node under root after backward() through root's replay, then,
+    from the same grads, through the rules (the replay made stale by assigning a leaf
+    its own data)."""
+    root.backward()
+    root.recompute()
+    assert replay_is_current(root)
+    nodes = list(trace(root)[0])
+    before = [v.grad for v in nodes]
+    root.backward()
+    replayed = [v.grad for v in nodes]
+    for v, g in zip(nodes, before):
+        v.grad = g
+    nodes[0].data = nodes[0].data
+    assert not replay_is_current(root) or type(root) is reference.Value
+    root.backward()
+    return replayed, [v.grad for v in nodes]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(native_programs, st.booleans())
+def test_replayed_backward_is_the_rules_to_the_bit(Value, program, holes):
+    nodes, _, _ = run(Value, program, holes=holes)
+    replayed, ruled = replayed_and_ruled(nodes[-1])
+    assert list(map(bits, replayed)) == list(map(bits, ruled))
+
+
+def shared_children_graph(Value, leaf_data, n_ops, seed):
+    """A random graph whose ops mostly share a few leaves (steps of one window of the
+    replay add into the same grads, so swapping two of them would change their bits),
+    with affine nodes over computed children. Its shape depends on the seed only;
+    every value stays in [-1, 1]."""
+    import random
+    rnd = random.Random(seed)
+    n_leaves = len(leaf_data)
+    nodes = [Value(x) for x in leaf_data]
+
+    def pick():
+        return nodes[rnd.randrange(n_leaves)] if rnd.random() < 0.7 else rnd.choice(nodes)
+    for _ in range(n_ops):
+        a, b, c, d = pick(), pick(), pick(), pick()
+        op = rnd.randrange(7)
+        out = (a + b, a * b, (a * 0.5) ** 2, a.relu(), a, (a * 0.1).exp(),
+               Value._affine(a, [b, c], [c, d]))[op]
+        nodes.append(out.tanh())
+    level = nodes[n_leaves:]
+    while len(level) > 1:           # every node under the root, by a shallow sum
+        level = [sum(level[k:k + 8], Value(0.0)).tanh() for k in range(0, len(level), 8)]
+    return nodes, level[0]
+
+
+@pytest.mark.parametrize("n_leaves", [2, 5, 40])
+def test_recompute_of_a_large_graph_equals_rebuilding_it(Value, n_leaves):
+    # (the replay regroups its steps by op: each node must still be re-evaluated after
+    # all its children, an affine node after all of its children too)
+    import random
+    rnd = random.Random(n_leaves)
+    old, new = ([rnd.uniform(-1, 1) for _ in range(n_leaves)] for _ in range(2))
+    nodes, root = shared_children_graph(Value, old, 3000, seed=n_leaves)
+    root.backward()
+    root.recompute()
+    for v, x in zip(nodes, new):
+        v.data = x
+    root.recompute()
+    fresh, _ = shared_children_graph(Value, new, 3000, seed=n_leaves)
+    assert [bits(v.data) for v in nodes] == [bits(v.data) for v in fresh]
+
+
+@pytest.mark.parametrize("n_leaves", [2, 5, 40])
+def test_replay_regrouping_keeps_every_bit_on_shared_children(Value, n_leaves):
+    _, root = shared_children_graph(Value, [0.1 * k - 0.5 for k in range(n_leaves)], 3000,
+                                    seed=n_leaves)
+    replayed, ruled = replayed_and_ruled(root)
+    assert list(map(bits, replayed)) == list(map(bits, ruled))
+
+
+def test_replay_of_a_fused_model_keeps_every_bit():
+    import random
+    from fastgrad.engine import Value
+    from fastgrad.nn import MLP
+    random.seed(4)
+    model = MLP(3, [16, 16, 1], fused=True)
+    xs = [[Value(random.uniform(-1, 1)) for _ in range(3)] for _ in range(20)]
+    loss = sum((model(x) - 0.5) ** 2 for x in xs)
+    replayed, ruled = replayed_and_ruled(loss)
+    assert list(map(bits, replayed)) == list(map(bits, ruled))
+
+
+def small_graph(V):
+    # micrograd's own ops only (it has no tanh or exp): the oracle runs it
+    x, w, b = V(0.8), V(-1.3), V(1.4)
+    h = (x * w + b).relu()
+    y = h * w + (x * w) ** 2
+    return (x, w, b), y
+
+
+def zero_intermediates(root):
+    for v in trace(root)[0]:
+        if v._prev:
+            v.grad = 0.0
+
+
+def grads_of(vs):
+    return [v.grad for v in vs]
+
+
+def test_backward_sees_data_assigned_after_recompute(Value):
+    # micrograd's closures read .data when backward() runs: a leaf assigned after
+    # recompute() (and not recomputed) counts with its new data in the local derivatives
+    # (a stale replay would use w's old data for x's grad)
+    from micrograd.engine import Value as MG
+    (x, w, b), y = small_graph(Value)
+    y.backward()
+    y.recompute()
+    w.data = 2.5
+    y.backward()
+    (mx, mw, mb), my = small_graph(MG)
+    my.backward()
+    zero_intermediates(my)          # what recompute() does on unchanged data
+    mw.data = 2.5
+    my.backward()
+    for ours, theirs in zip(grads_of((x, w, b)), grads_of((mx, mw, mb))):
+        assert ours == pytest.approx(theirs, rel=1e-12)
+
+
+def test_backward_after_an_optimizer_step_uses_the_new_parameters(Value):
+    # an optimizer step between recompute() and backward(): the parameters' new data
+    # counts, as in micrograd, where recompute() (data unchanged) only zeroes the grads of
+    # the intermediate nodes
+    from micrograd.engine import Value as MG
+    from fastgrad.optim import SGD
+    (x, w, b), y = small_graph(Value)
+    opt = SGD([w, b], lr=0.1)
+    y.backward()
+    y.recompute()
+    opt.step()
+    y.backward()
+    (mx, mw, mb), my = small_graph(MG)
+    my.backward()
+    zero_intermediates(my)
+    for p in (mw, mb):
+        p.data -= 0.1 * p.grad
+    my.backward()
+    assert [w.data, b.data] == [mw.data, mb.data]
+    for ours, theirs in zip(grads_of((x, w, b)), grads_of((mx, mw, mb))):
+        assert ours == pytest.approx(theirs, rel=1e-12)
+
+
+def test_a_failed_recompute_leaves_other_replays_exact(Value):
+    # y's replay is current; z shares y's nodes and fails to recompute, putting every value
+    # back: y's replay is still current, and its backward still the rules' to the bit
+    x = Value(0.5)
+    h = (x * 3.0).tanh()
+    y = h * h + x
+    z = (x * 2.0).exp() + h
+    for root in (y, z):
+        root.backward()
+        root.recompute()
+    x.data = 400.0                  # z's exp(800) overflows; y's tanh saturates
+    y.recompute()
+    z_before = z.data
+    with pytest.raises(OverflowError):
+        z.recompute()
+    assert z.data == z_before and h.data == 1.0
+    assert replay_is_current(y)
+    x.grad = 0.0
+    y.backward()
+    replayed = x.grad
+    x.grad = 0.0
+    x.data = x.data                 # (stale: the rules' sweep)
+    y.backward()
+    assert bits(replayed) == bits(x.grad)
+
+
+def test_a_replay_goes_with_its_root():
+    import fastgrad
+    if fastgrad.ENGINE != "compiled":
+        pytest.skip("the compiled engine's cache")
+    from fastgrad._core import Value, _tape_stats
+    x = Value(0.5)
+    y = (x * x).tanh() + x
+    before = _tape_stats()["replayed"]
+    y.recompute()
+    assert _tape_stats()["replayed"] == before + 3  # mul, tanh, add
+    del y
+    assert _tape_stats()["replayed"] == before

@@ -1,5 +1,5 @@
 # C declarations of the tape arena. Declarations only: implementations are in _core.pyx.
-from libc.stdint cimport int32_t, uint8_t, uint16_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 from cpython.object cimport PyObject
 
 ctypedef double real_t      # a node's value, grad and constant parameter
@@ -35,6 +35,7 @@ cdef enum:
     HAS_ORDER = 128 # _orders holds the order a backward() from this node computed
     DESCENDS = 256  # every edge under this node goes to a lower slot, and no CUSTOM node
                     # is under it: decreasing slot order is a topological order of its graph
+    HAS_REPLAY = 512  # _replays holds the replay recompute() built for this node
 
 # waiting[-1]: never reaches 0, however many passes count and uncount it.
 cdef enum:
@@ -63,6 +64,8 @@ ctypedef union param_t:
 cdef struct Tape:
     real_t* value       # value[i]: the node's data (forward result)
     real_t* grad        # grad[i]: d(root)/d(node), accumulated by the reverse sweep
+    real_t* grad_block  # the allocation of grad; its first element is grad[-1], a scratch
+                        # slot that "no child" (-1) accumulates into (replay sweeps)
     param_t* param      # param[i]: POW exponent, or CUSTOM / AFFINE child list
     node_t* lhs         # lhs[i]: first child, -1 if none; next free slot when free
     node_t* rhs         # rhs[i]: second child, -1 if none
@@ -80,6 +83,25 @@ cdef struct Tape:
     node_t live         # number of live slots
     node_t freed        # slots freed since the free list was last sorted
     Py_ssize_t cached   # slots held by the cached orders (_orders)
+    Py_ssize_t replayed # steps held by the cached replays (_replays)
+    uint64_t epoch      # bumped whenever a live node's value may have changed other than
+                        # by push (data assigned, recompute(), an optimizer step): a
+                        # replay's derivatives are current while its stamp equals it
+
+# One step of a replay (see _Replay in _core.pyx): a node with micrograd's rule in the one
+# form every op's rule has, grad[lhs] += dl * grad[node]; grad[rhs] += dr * grad[node].
+# An AFFINE node is several steps: its bias (op AFFINE, which re-evaluates the node),
+# then one AFFINE_TERM per w * x term (lhs w, rhs x: derivatives only).
+cdef struct Step:
+    node_t node
+    node_t lhs          # a child; -1 (grad[-1], the scratch slot) for none
+    node_t rhs
+    int32_t op          # the node's Op, or AFFINE_TERM
+    real_t dl           # d node / d lhs, at the values of the replay's stamp
+    real_t dr           # d node / d rhs (0 where rhs is -1)
+
+cdef enum:
+    AFFINE_TERM = 255
 
 # A growable list of slots, the scratch space of ordering passes.
 cdef struct NodeList:
@@ -98,5 +120,4 @@ cdef void finish_order(NodeList* queue, Py_ssize_t ready) noexcept nogil  # pare
 cdef int sweep(NodeList* topo) except -1         # rules in topo order; -1 if a _backward raised
 cdef int backward_from(node_t root) except -1    # micrograd's backward from root
 cdef int recompute_from(node_t root) except -1   # forward again; all or nothing
-cdef int evaluate(node_t i) except -1            # value[i] from its children's values
 cdef int apply_rule(node_t i) except -1          # node i's local chain rule

@@ -64,7 +64,8 @@ SYMBOL = {
     Op.POWV: '**',
 }
 
-# the local chain rule of each op, with g the node's grad: what is added into each child
+# the local chain rule of each op, with g the node's grad: what is added into each child,
+# always (local derivative) * g
 DERIVATIVE = {
     Op.LEAF: 'nothing',
     Op.ADD: 'lhs.grad += g; rhs.grad += g',
@@ -75,9 +76,9 @@ DERIVATIVE = {
     Op.EXP: 'lhs.grad += out.data * g',
     Op.CUSTOM: 'whatever its Python _backward does (nothing if it has none)',
     Op.AFFINE: 'b.grad += g; w_k.grad += x_k.data * g; x_k.grad += w_k.data * g',
-    Op.LOG: 'lhs.grad += g / lhs.data',
+    Op.LOG: 'lhs.grad += (1 / lhs.data) * g',
     Op.SIGMOID: 'lhs.grad += out.data * (1 - out.data) * g',
-    Op.SQRT: 'lhs.grad += g / (2 * out.data)',
+    Op.SQRT: 'lhs.grad += (1 / (2 * out.data)) * g',
     Op.ABS: 'lhs.grad += sign(lhs.data) * g (0 at 0, nan at nan)',
     Op.POWV: 'lhs.grad += rhs.data * lhs.data ** (rhs.data - 1) * g; '
              'rhs.grad += out.data * log(lhs.data) * g',

@@ -155,7 +155,7 @@ def _affine_forward(out, b, *terms):
 
 def _log_rule(out):
     a = out._children[0]
-    a._grad += _div_ieee(out._grad, a._data)
+    a._grad += _div_ieee(1.0, a._data) * out._grad
 
 
 def _sigmoid_rule(out):
@@ -164,7 +164,7 @@ def _sigmoid_rule(out):
 
 
 def _sqrt_rule(out):
-    out._children[0]._grad += _div_ieee(out._grad, 2.0 * out._data)
+    out._children[0]._grad += _div_ieee(1.0, 2.0 * out._data) * out._grad
 
 
 def _abs_rule(out):
