@@ -89,19 +89,15 @@ cdef struct Tape:
                         # replay's derivatives are current while its stamp equals it
 
 # One step of a replay (see _Replay in _core.pyx): a node with micrograd's rule in the one
-# form every op's rule has, grad[lhs] += dl * grad[node]; grad[rhs] += dr * grad[node].
-# An AFFINE node is several steps: its bias (op AFFINE, which re-evaluates the node),
-# then one AFFINE_TERM per w * x term (lhs w, rhs x: derivatives only).
+# form every op's rule has, grad[lhs] += dl * grad[node]; grad[rhs] += dr * grad[node];
+# but an AFFINE node's, a loop over its terms, is applied whole (lhs is its bias b).
 cdef struct Step:
     node_t node
     node_t lhs          # a child; -1 (grad[-1], the scratch slot) for none
     node_t rhs
-    int32_t op          # the node's Op, or AFFINE_TERM
+    int32_t op          # the node's Op
     real_t dl           # d node / d lhs, at the values of the replay's stamp
     real_t dr           # d node / d rhs (0 where rhs is -1)
-
-cdef enum:
-    AFFINE_TERM = 255
 
 # A growable list of slots, the scratch space of ordering passes.
 cdef struct NodeList:

@@ -937,13 +937,14 @@ cdef bytes order_of(node_t root):
 
 
 # --------------------------------------------------------------------------- replay
-# recompute() turns a root's order into a replay: one Step per node (an AFFINE node: one
-# per term too), parents first. Walked backwards it re-evaluates the graph, recording each
-# step's local derivatives as it goes (the values are at hand then); walked forwards it is
-# backward(), every rule in the one form
+# recompute() turns a root's order into a replay: one Step per node but leaves, parents
+# first. Walked backwards it re-evaluates the graph, recording each step's local
+# derivatives as it goes (the values are at hand then); walked forwards it is backward(),
+# every rule in the one form
 #     grad[lhs] += dl * grad[node];  grad[rhs] += dr * grad[node]
-# with no op to dispatch on: the same products, added in the same order as the rules'
-# sweep over the order adds them, so the grads are the same to the bit. The derivatives
+# with no op to dispatch on (an AFFINE node's rule, a loop over its terms, is applied
+# whole): the same products, added in the same order as the rules' sweep over the order
+# adds them, so the grads are the same to the bit. The derivatives
 # hold while no value changes: `stamp` is the epoch they were computed at, and backward()
 # uses them only while T.epoch has not moved since (assigning data, an optimizer step and
 # every recompute() move it). Measured on the ops graph: backward 8 -> 2 ns/node, and
@@ -973,14 +974,11 @@ cdef _Replay make_replay(node_t root):
     cdef bytes order = order_of(root)
     cdef node_t* items = <node_t*>PyBytes_AS_STRING(order)
     cdef Py_ssize_t n = len(order) // sizeof(node_t), k, size = 0
-    cdef node_t v, j
-    cdef node_t* kids
+    cdef node_t v
     cdef _Replay r = _Replay.__new__(_Replay)
     for k in range(n):                  # count the steps, refusing custom ops
         v = items[k]
-        if T.op[v] == AFFINE:
-            size += T.param[v].kids[0] // 2 + 1
-        elif T.op[v] == CUSTOM and T.param[v].kids != NULL:
+        if T.op[v] == CUSTOM and T.param[v].kids != NULL:
             raise TypeError(
                 f"recompute() cannot re-evaluate the custom op {handle_of(v)._op!r}: "
                 "its value was computed by Python code; rebuild the graph instead")
@@ -989,13 +987,9 @@ cdef _Replay make_replay(node_t root):
     safe_realloc(<void**>&r.steps, size if size else 1, sizeof(Step))
     for k in range(n):
         v = items[k]
-        if T.op[v] == AFFINE:
-            kids = T.param[v].kids      # [n, b, w0, x0, w1, x1, ...]
-            add_step(&r.steps[r.size], v, AFFINE, kids[1], -1)
+        if T.op[v] == AFFINE:           # (its rule is applied whole: affine_backward)
+            add_step(&r.steps[r.size], v, AFFINE, T.param[v].kids[1], -1)
             r.size += 1
-            for j in range(2, kids[0], 2):
-                add_step(&r.steps[r.size], v, AFFINE_TERM, kids[j], kids[j + 1])
-                r.size += 1
         elif T.op[v] != LEAF and T.op[v] != CUSTOM:
             add_step(&r.steps[r.size], v, T.op[v], T.lhs[v], T.rhs[v])
             r.size += 1
@@ -1049,9 +1043,7 @@ cdef void group_by_op(_Replay r) noexcept nogil:
             T.waiting[e.lhs] = lv + 1       # (lv is above every level they held)
             if e.rhs >= 0:
                 T.waiting[e.rhs] = lv + 1
-            # (op & 15: AFFINE_TERM's is no other op's; were ops ever to pass 15, two would
-            # share a run, no more)
-            keys[f] = lv * 16 + (e.op & 15)
+            keys[f] = lv * 16 + (e.op & 15)   # (were ops to pass 15, two would share runs)
             top = max(top, keys[f])
         for f in range(n):
             e = &r.steps[f0 + f]
@@ -1095,10 +1087,9 @@ cdef inline int replay_forward(Step* e) except -1:
     if o == ADD:
         T.value[e.node] = add_forward(a, T.value[e.rhs])
         e.dl = e.dr = 1.0
-    elif o == MUL or o == AFFINE_TERM:
+    elif o == MUL:
         b = T.value[e.rhs]
-        if o == MUL:
-            T.value[e.node] = mul_forward(a, b)
+        T.value[e.node] = mul_forward(a, b)
         e.dl = b
         e.dr = a
     elif o == POW:
@@ -1115,7 +1106,6 @@ cdef inline int replay_forward(Step* e) except -1:
         e.dl = T.value[e.node]
     elif o == AFFINE:
         T.value[e.node] = affine_forward(T.param[e.node].kids)
-        e.dl = 1.0
     elif o == LOG:
         log_forward(a, &T.value[e.node])
         e.dl = log_derivative(a)
@@ -1159,18 +1149,16 @@ cdef int recompute_from(node_t root) except -1:
                 prefetch(&T.value[e.lhs])
                 prefetch(&T.value[e.rhs])
             e = &steps[s]
-            if e.op != AFFINE_TERM:
-                saved[2 * s] = T.value[e.node]
-                saved[2 * s + 1] = T.grad[e.node]
-                T.grad[e.node] = 0.0
+            saved[2 * s] = T.value[e.node]
+            saved[2 * s + 1] = T.grad[e.node]
+            T.grad[e.node] = 0.0
             replay_forward(e)
             s -= 1
     except BaseException:
         for k in range(r.size - 1, s - 1, -1):  # what this pass touched, the failed step too
             e = &steps[k]
-            if e.op != AFFINE_TERM:
-                T.value[e.node] = saved[2 * k]
-                T.grad[e.node] = saved[2 * k + 1]
+            T.value[e.node] = saved[2 * k]
+            T.grad[e.node] = saved[2 * k + 1]
         raise
     finally:
         PyMem_Free(saved)
@@ -1192,6 +1180,9 @@ cdef void replay_backward(_Replay r) noexcept nogil:
             prefetch(&T.grad[e.lhs])
             prefetch(&T.grad[e.rhs])
         e = &steps[s]
+        if e.op == AFFINE:              # its rule is a loop over its terms
+            affine_backward(e.node)
+            continue
         g = T.grad[e.node]
         T.grad[e.lhs] += e.dl * g
         T.grad[e.rhs] += e.dr * g
