@@ -3,7 +3,8 @@
 Training steps, custom ops (pinning and their GC cycles), the arena growing under a sweep,
 an exception out of a custom _backward, labels and handles re-made through _prev,
 pickling, injected allocation failures, a deep chain freed iteratively, a bare handle,
-a descending pass handed over to Kahn's algorithm, the ops beyond micrograd, no_grad.
+a descending pass handed over to Kahn's algorithm, the ops beyond micrograd, no_grad,
+replays.
 """
 import gc, pickle, random
 from fastgrad._core import Value, _tape_stats, _test_fail_allocs
@@ -78,3 +79,18 @@ except ValueError: pass
 with fastgrad.no_grad():
     z = (u * w).tanh() + Value._sum_of_products(u, [w], [2.0])
 del y, z
+# replays: a fused model's (affine steps, windows of regrouped steps), the backward that
+# sweeps recorded derivatives, one made stale, and building a replay without memory
+f = nn.MLP(2, [8, 8, 1], fused=True)
+loss = sum(((1 + -1.0 * f(x)).relu() for x in xs), Value(0.0))
+loss.backward(); loss.recompute(); loss.backward()
+f.parameters()[0].data = 0.25
+loss.backward()
+for fail in (0, 1, 2):
+    side = f(xs[0]) * 2.0
+    _test_fail_allocs(fail)
+    try: side.recompute()
+    except MemoryError: pass
+    _test_fail_allocs(-1)
+    side.recompute(); side.backward()
+del loss, side

@@ -1634,8 +1634,10 @@ cdef class Value:
     def recompute(self):
         """Re-evaluates every node under this one from the current data of the leaves, and
         resets the grads of the nodes in between to 0 (leaves keep theirs): as if the same
-        expression had been built again. Its order is cached, so a training loop can build
-        its graph once, then recompute() / backward() / update the leaves, step after step."""
+        expression had been built again. What it needs is cached per root (its replay), so
+        a training loop can build its graph once, then recompute() / backward() / update
+        the leaves, step after step; the backward() right after it applies the local
+        derivatives recompute() recorded (the same grads, to the bit, faster)."""
         recompute_from(check_slot(self))
 
     def __repr__(self):
