@@ -158,7 +158,10 @@ nodes = _tape_stats()['live']
 timed('backward', root.backward)
 timed('backward again', root.backward)     # from the cached order
 leaves[0].data = 1.5
-timed('recompute', root.recompute)
+timed('recompute', root.recompute)         # the first builds the root's replay
+leaves[0].data = 1.25
+timed('recompute again', root.recompute)
+timed('backward after it', root.backward)  # sweeps the derivatives recompute recorded
 ok = root.data == root.data and leaves[0].grad > 0
 def free():
     global root, leaves
@@ -194,7 +197,8 @@ def scale():
 
 
 def scale_table(results):
-    phases = ["build", "sum", "backward", "backward again", "recompute", "free"]
+    phases = ["build", "sum", "backward", "backward again", "recompute", "recompute again",
+              "backward after it", "free"]
     lines = ["| graph | nodes | " + " | ".join(f"{p} (s)" for p in phases) +
              " | peak memory | after free |",
              "|---|---:|" + "---:|" * len(phases) + "---:|---:|"]
