@@ -861,7 +861,9 @@ cdef int backward_from(node_t root) except -1:
 
     A node's children never change, so neither does its order: the first backward() from
     a root caches it (in _orders, until the root is freed) and later ones only sweep it.
-    The cached orders hold at most max(2 * live nodes, 2**20) slots in all."""
+    The cached orders hold at most max(2 * live nodes, 2**20) slots in all. Right after a
+    recompute() (no value changed since), the sweep is the replay's instead: the same
+    grads, from the derivatives recompute() recorded (replay_backward)."""
     cdef NodeList queue
     cdef bytes cached
     cdef _Replay replay
@@ -1138,8 +1140,8 @@ cdef int recompute_from(node_t root) except -1:
     cdef Py_ssize_t s = r.size - 1, k
     cdef real_t* saved = NULL           # saved[2s], saved[2s + 1]: value and grad at s
     cdef Step* e
-    r.stamp = 0
     safe_realloc(<void**>&saved, 2 * r.size + 2, sizeof(real_t))
+    r.stamp = 0                         # (its derivatives are about to be overwritten)
     try:
         while s >= 0:
             if s >= AHEAD:
