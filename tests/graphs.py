@@ -6,7 +6,6 @@ result is not finite, above 1e6 or below 1e-6 in magnitude), so that every engin
 the same graph.
 """
 import math
-import sys
 
 from hypothesis import strategies as st
 
@@ -99,21 +98,17 @@ def pick_data(nodes, i):
 def run(Value, program, skips=None, native=True, on_backward=None, holes=False):
     """Replays program; returns (nodes, skips, roots). native=False builds tanh and exp
     as custom ops (micrograd has neither). skips=None: decide them here (the oracle).
-    holes=True frees slots below the leaves (nodes made before them) and has fastgrad
-    sort its free slots, so that the first nodes made sit below their children in the
-    arena, the later ones above."""
+    holes=True frees, before every other step, a node made before the leaves: fastgrad
+    reuses its slot, so some nodes sit below their children in the arena."""
     leaf_data, steps = program
-    spare = [Value(0.0) for _ in range(len(steps) // 2)] if holes else []
+    spare = [Value(0.0) for _ in range(len(steps))] if holes else []
     nodes = [Value(float(x)) for x in leaf_data]
-    if holes:
-        del spare[:]
-        core = sys.modules.get("fastgrad._core")
-        if core is not None and type(nodes[0]) is core.Value:
-            core._test_sort_free_slots()
     deciding = skips is None
     skips = [] if deciding else list(skips)
     roots = []
     for n, s in enumerate(steps):
+        if spare and n % 2:
+            spare.pop()
         if s[0] == "backward":
             root = nodes[s[1] % len(nodes)]
             root.backward()

@@ -51,11 +51,9 @@ ctypedef union param_t:
 #   - a slot is live while its handle lives or a live parent names it as a child; then
 #     refs[i] = (number of child references to i from live parents, counted once per
 #     edge, so `a + a` counts 2) + (1 if handle[i] is not NULL);
-#   - a live slot's index never moves; free slots have the FREE flag and form two lists
-#     threaded through lhs: the sorted one (increasing slots, made by the last sort) and
-#     the recent one (slots freed since, the last freed first). push takes the sorted
-#     list's first slot, else a new slot at size, else a recent one; once half the arena
-#     has been freed since the last sort, the next reserve() sorts all into one list;
+#   - a live slot's index never moves; free slots have the FREE flag and form a list
+#     threaded through lhs, sorted by index before the next allocation once half the
+#     arena has been freed since the last sort;
 #   - lhs/rhs are -1 where the op has fewer children; CUSTOM and AFFINE keep theirs in
 #     param[i].kids (AFFINE: b, w0, x0, w1, x1, ...) and have lhs = rhs = -1;
 #   - children of a node were created before it, but slot reuse means index order is not
@@ -81,10 +79,9 @@ cdef struct Tape:
     PyObject** handle   # handle[i]: borrowed pointer to the live Value handle, or NULL
     node_t size         # slots [0, size) have been handed out at least once
     node_t capacity     # length of every array
-    node_t free_head    # the sorted free list's first (lowest) slot, or -1
-    node_t recent_head  # the recent free list's first (last freed) slot, or -1
+    node_t free_head    # first free slot below size, or -1
     node_t live         # number of live slots
-    node_t freed        # the recent list's length: slots freed since the last sort
+    node_t freed        # slots freed since the free list was last sorted
     Py_ssize_t cached   # slots held by the cached orders (_orders)
     Py_ssize_t replayed # steps held by the cached replays (_replays)
     uint64_t epoch      # bumped whenever a live node's value may have changed other than

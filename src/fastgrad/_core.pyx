@@ -46,7 +46,7 @@ cdef extern from "Python.h":
 # The arena. One per process; every access holds the GIL, so threads share it safely.
 cdef Tape T
 memset(&T, 0, sizeof(Tape))
-T.free_head = T.recent_head = -1
+T.free_head = -1
 T.epoch = 1                 # (a replay's stamp 0 is never current)
 
 # Sparse per-node Python attributes, keyed by slot; flags[i] says whether an entry exists.
@@ -146,9 +146,9 @@ cdef int grow(node_t needed) except -1:
 
 
 cdef inline int reserve(node_t n) except -1:
-    # push has size - live free slots and capacity - size new ones to take; after
+    # push takes free slots first (size - live of them), then new ones at size; after
     # reserve(n), n pushes cannot fail. Once half the arena was freed since the last sort,
-    # the free lists are sorted here, when the frees are over and building starts again.
+    # the free list is sorted here, when the frees are over and building starts again.
     cdef node_t fresh = n - (T.size - T.live)
     if T.freed > T.size // 2:
         sort_free_list()
@@ -196,18 +196,12 @@ cdef inline uint16_t descends_to(node_t i, node_t c) noexcept:
 cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexcept:
     cdef node_t i
     cdef uint16_t descends = DESCENDS
-    # new nodes go in increasing slots while they can (the sorted list, then new slots
-    # above all others), so that a graph descends the arena; the recent frees come last
     if T.free_head >= 0:
         i = T.free_head
         T.free_head = T.lhs[i]
-    elif T.size < T.capacity:
+    else:
         i = T.size
         T.size += 1
-    else:
-        i = T.recent_head
-        T.recent_head = T.lhs[i]
-        T.freed -= 1
     T.value[i] = value
     T.grad[i] = 0.0                     # (param[i] is set by the ops that have one)
     T.lhs[i] = lhs
@@ -289,14 +283,14 @@ cdef void release(node_t i) noexcept:
         T.flags[j] = FREE
         T.op[j] = LEAF
         T.rhs[j] = -1
-        T.lhs[j] = T.recent_head
-        T.recent_head = j
+        T.lhs[j] = T.free_head
+        T.free_head = j
         T.live -= 1
         T.freed += 1
 
 
 cdef void sort_free_list() noexcept nogil:
-    """Threads every free slot, the recent ones too, into the sorted list.
+    """Rethreads the free list in increasing slot order.
 
     Freeing pushes slots in the order a graph dies, so a graph built from a long free list
     lands scattered over the arena, and every pass over it misses the cache; and a node
@@ -304,9 +298,6 @@ cdef void sort_free_list() noexcept nogil:
     order, consecutive new nodes sit side by side again, each above the ones before. Runs
     (from reserve, so after a burst of frees, not in the middle of one) once more than
     half the slots have been freed since the last time: its O(size) scan is O(1) per free.
-    Between sorts, frees go to the recent list, which push takes last: a small graph
-    dropped between two big ones (an evaluation between training steps) would otherwise
-    put the next big one's first nodes in its slots, below nodes made after them.
     """
     cdef node_t j, head = -1
     for j in range(T.size - 1, -1, -1):
@@ -314,7 +305,6 @@ cdef void sort_free_list() noexcept nogil:
             T.lhs[j] = head
             head = j
     T.free_head = head
-    T.recent_head = -1
     T.freed = 0
 
 
@@ -1733,33 +1723,14 @@ def _tape_stats():
 
 
 def _test_free_list_length():
-    """Walks both free lists (checking that the sorted one is); reserve() relies on their
-    lengths adding up to size - live, and the recent one's being freed."""
-    cdef node_t j, n = 0, recent = 0, last = -1
-    j = T.free_head
+    """Walks the free list; reserve() relies on its length being size - live."""
+    cdef node_t j = T.free_head, n = 0
     while j >= 0:
         if not T.flags[j] & FREE:
             raise AssertionError(f"slot {j} is on the free list without the FREE flag")
-        if j <= last:
-            raise AssertionError(f"the sorted free list has {j} after {last}")
-        last = j
         n += 1
         j = T.lhs[j]
-    j = T.recent_head
-    while j >= 0:
-        if not T.flags[j] & FREE:
-            raise AssertionError(f"slot {j} is on the recent free list without the FREE flag")
-        recent += 1
-        j = T.lhs[j]
-    if recent != T.freed:
-        raise AssertionError(f"the recent free list has {recent} slots, freed says {T.freed}")
-    return n + recent
-
-
-def _test_sort_free_slots():
-    """Sorts the free slots now, as reserve() does after a burst of frees: the nodes made
-    next take the lowest free slots (tests use it to put nodes below their children)."""
-    sort_free_list()
+    return n
 
 
 def _test_fail_allocs(n):
