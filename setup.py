@@ -2,7 +2,11 @@
 
 Build modes, chosen by environment variables at build time:
   (default)                 compiled engine, Cython directives for speed
-  FASTGRAD_CYTHON_DEBUG=1   boundscheck, wraparound and initializedcheck back on, -O0 -g
+  FASTGRAD_CYTHON_DEBUG=1   boundscheck, wraparound and initializedcheck back on, -O0 -g,
+                            and the engine's own invariant checks (FASTGRAD_DEBUG: slots
+                            below size, op codes below COUNT, reference counts, scratch
+                            state clear after each pass; FASTGRAD_TRACE=1 at run time
+                            prints every node a sweep applies)
   FASTGRAD_SANITIZE=address built with AddressSanitizer (run with its runtime preloaded:
                             `make check-memory` does)
   FASTGRAD_PUREPYTHON=1     no extension: fastgrad runs on its pure-Python reference engine
@@ -41,7 +45,8 @@ if not os.environ.get("FASTGRAD_PUREPYTHON"):
     ext_modules = cythonize(
         [Extension(
             "fastgrad._core",
-            ["src/fastgrad/_core.pyx"],
+            ["src/fastgrad/_core.pyx"],     # (and the _core_*.pxi parts it includes)
+            define_macros=[("FASTGRAD_DEBUG", "1" if debug else "0")],
             # no fused multiply-add: every operation rounds as Python's float arithmetic does
             extra_compile_args=(["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"] + sanitize,
             extra_link_args=sanitize,

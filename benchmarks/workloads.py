@@ -12,7 +12,7 @@ the numbers that are compared with the reference engine's (a fast wrong answer i
 import math
 import random
 
-from fastgrad import reference
+from fastgrad import demo, nn, reference
 from fastgrad.datasets import make_moons
 from fastgrad.ops import Op
 
@@ -248,23 +248,6 @@ class Backward(Ops):
 
 # ----------------------------------------------------------------------------- mlp-step
 
-def demo_step(Value, model, X, y, k, alpha=1e-4):
-    """One step of micrograd's demo: forward over the batch, SVM loss + L2, zero_grad,
-    backward, SGD with a decaying learning rate. Returns the loss."""
-    inputs = [list(map(Value, xrow)) for xrow in X]
-    scores = list(map(model, inputs))
-    losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores)]
-    data_loss = sum(losses) * (1.0 / len(losses))
-    reg_loss = alpha * sum((p * p for p in model.parameters()))
-    total_loss = data_loss + reg_loss
-    model.zero_grad()
-    total_loss.backward()
-    learning_rate = 1.0 - 0.9 * k / 100
-    for p in model.parameters():
-        p.data -= learning_rate * p.grad
-    return total_loss.data
-
-
 def torch_mlp_step(state):
     """The same step as batched tensors: what a tensor library does with this model."""
     W, X, y, k = state["W"], state["X"], state["y"], 0
@@ -302,7 +285,7 @@ class MlpStep(Workload):
         random.seed(1337)
         if engine.name == "micrograd":
             return micrograd.nn.MLP(2, [16, 16, 1])
-        return nn_for(engine.Value).MLP(2, [16, 16, 1])
+        return nn.using(engine.Value).MLP(2, [16, 16, 1])
 
     def setup(self, engine):
         if engine.name == "torch":
@@ -323,7 +306,7 @@ class MlpStep(Workload):
         if engine.name == "torch":
             model["loss"] = torch_mlp_step(model)
         else:
-            demo_step(engine.Value, model, self.X, self.y, 0)
+            demo.step(model, self.X, self.y, 0, Value=engine.Value)
 
     def result(self, state):
         engine, model = state
@@ -332,19 +315,6 @@ class MlpStep(Workload):
                     for row, bias in zip(w.tolist(), b.tolist()) for x in row + [bias]]
         # the weights after the step: they depend on every grad
         return [float(p.data) for p in model.parameters()]
-
-
-def nn_for(Value):
-    """fastgrad.nn on the given Value class: a second copy of the module whose global
-    `Value` is replaced (nn only ever uses that name)."""
-    import importlib.util
-
-    from fastgrad import nn
-    spec = importlib.util.spec_from_file_location(f"fastgrad_nn_{Value.__module__}", nn.__file__)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.Value = Value
-    return module
 
 
 class MlpReplay(MlpStep):
@@ -385,7 +355,7 @@ class MlpReplayFused(MlpReplay):
 
     def model(self, engine):
         random.seed(1337)
-        return nn_for(engine.Value).MLP(2, [16, 16, 1], fused=True)
+        return nn.using(engine.Value).MLP(2, [16, 16, 1], fused=True)
 
 
 class OpsReplay(Backward):

@@ -1,11 +1,15 @@
 """The `engine` fixture: every engine test runs on the compiled engine and the reference.
 
+`engine` is an Engine (its name, its Value class, the compiled module or None, and the
+graph sizes to use); `Value` is the same engine's class, for tests that need only that.
+
 With FASTGRAD_PUREPYTHON=1 (or --no-compiled, for a build without the extension) only
 the reference runs; `fastgrad.nn` then uses the reference too. With FASTGRAD_SANITIZED=1
 (`make check-memory`, under AddressSanitizer) the tests marked `unsanitized` are skipped:
 they measure resident memory or limit the address space, which ASan's shadow memory and
 quarantine change, or load a library that cannot run under ASan (matplotlib's fonts).
 """
+import importlib
 import os
 
 import pytest
@@ -31,9 +35,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_sanitized)
 
 
-def _compiled_value():
-    from fastgrad._core import Value
-    return Value
+class Engine:
+    """One engine under test."""
+
+    def __init__(self, name):
+        self.name = name
+        self.compiled = name == "compiled"
+        # the compiled module, for its _test_* hooks; None for the reference
+        self.core = importlib.import_module("fastgrad._core") if self.compiled else None
+        self.Value = self.core.Value if self.compiled else reference.Value
+        # nodes in the large-graph tests (the reference is ~100x slower per node)
+        self.large = 1_000_000 if self.compiled else 100_000
+
+    def __repr__(self):
+        return f"Engine({self.name!r})"
 
 
 ENGINES = [
@@ -43,7 +58,12 @@ ENGINES = [
 
 
 @pytest.fixture(scope="session", params=ENGINES)
-def Value(request):
-    """The Value class of one engine."""
-    return _compiled_value() if request.param == "compiled" else reference.Value
+def engine(request):
+    """One engine: compiled or reference."""
+    return Engine(request.param)
 
+
+@pytest.fixture(scope="session")
+def Value(engine):
+    """The Value class of the engine under test."""
+    return engine.Value

@@ -9,13 +9,12 @@ import math
 
 from hypothesis import strategies as st
 
-from fastgrad import reference
-from fastgrad.ops import Op
+from op_examples import EXAMPLES, EXPONENTS, REPLAYABLE_OPS, inputs_of, local_derivatives
+
 from fastgrad.viz import trace  # noqa: F401  (the lecture's trace(), iterative; tests use it)
 
 BINARY = ["add", "mul", "sub", "div"]
 UNARY = ["neg", "relu", "tanh", "exp", "custom_tanh", "custom_exp"]
-EXPONENTS = [2, 3, -1, -2, 0, 1, 0.5, 1.5, 2.0, -0.5, True]
 
 index = st.integers(0, 10_000)
 # magnitudes between 1e-3 and 4 (or 0): micrograd's own backward overflows on tiny ones
@@ -40,6 +39,9 @@ native_step = st.one_of(
     st.tuples(st.just("unary"), st.sampled_from(["neg", "relu", "tanh", "exp"]), index),
     st.tuples(st.just("pow"), index, st.sampled_from(EXPONENTS)),
     st.tuples(st.just("affine"), index, index, index, const),
+    # every replayable op of the example table, made as its row makes it
+    st.tuples(st.just("op"), st.sampled_from(REPLAYABLE_OPS), st.lists(index, min_size=5, max_size=5),
+              index),
 )
 native_programs = st.tuples(leaves, st.lists(native_step, min_size=1, max_size=60))
 
@@ -86,6 +88,10 @@ def one_step(Value, s, nodes, native):
         return binary(s[1], s[2], pick(s[3]))
     if kind == "unary":
         return unary(Value, s[1], pick(s[2]), native)
+    if kind == "op":
+        row = EXAMPLES[s[1]]
+        return row.make(Value, [pick(i) for i in s[2][:inputs_of(s[1])]],
+                        row.params[s[3] % len(row.params)])
     if kind == "affine":            # b + w0 * x0 + w1 * x1 as one node (fastgrad only)
         return Value._affine(pick(s[1]), [pick(s[2]), pick(s[3])], [pick(s[3]), s[4]])
     return pick(s[1]) ** s[2]
@@ -135,45 +141,6 @@ def run(Value, program, skips=None, native=True, on_backward=None, holes=False):
             out = one_step(Value, s, nodes, native)
         nodes.append(out)
     return nodes, skips, roots
-
-
-def local_derivatives(v):
-    """(child, local derivative) pairs of a reference-engine node, children repeated, in
-    IEEE arithmetic (inf or nan where Python would raise), for every op."""
-    code, ch, t = v._code, v._children, v._data
-    if code == Op.ADD:
-        return [(ch[0], 1.0), (ch[1], 1.0)]
-    if code == Op.MUL:
-        return [(ch[0], ch[1]._data), (ch[1], ch[0]._data)]
-    if code == Op.POW:
-        k = float(v._k)
-        return [(ch[0], k * reference._pow_ieee(abs(ch[0]._data), k - 1))]
-    if code == Op.RELU:
-        return [(ch[0], float(t > 0))]
-    if code == Op.TANH or (code == Op.CUSTOM and v._op == "tanh"):
-        return [(ch[0], 1 - t * t)]
-    if code == Op.EXP or (code == Op.CUSTOM and v._op == "exp"):
-        return [(ch[0], t)]
-    if code == Op.LOG:
-        return [(ch[0], reference._div_ieee(1.0, ch[0]._data))]
-    if code == Op.SIGMOID:
-        return [(ch[0], t * (1 - t))]
-    if code == Op.SQRT:
-        return [(ch[0], reference._div_ieee(1.0, 2.0 * t))]
-    if code == Op.ABS:
-        a = ch[0]._data
-        return [(ch[0], a if math.isnan(a) else float(a > 0) - float(a < 0))]
-    if code == Op.POWV:
-        a, e = ch[0]._data, ch[1]._data
-        return [(ch[0], e * reference._pow_ieee(a, e - 1)), (ch[1], t * reference._log_ieee(a))]
-    if code == Op.AFFINE:
-        b, *rest = ch
-        pairs = [(b, 1.0)]
-        for k in range(0, len(rest), 2):
-            w, x = rest[k], rest[k + 1]
-            pairs += [(w, x._data), (x, w._data)]
-        return pairs
-    return []
 
 
 class Magnitudes:

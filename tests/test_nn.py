@@ -8,7 +8,7 @@ import micrograd.engine
 import micrograd.nn
 
 import fastgrad
-from fastgrad import nn
+from fastgrad import demo, nn
 from fastgrad.datasets import make_moons
 
 
@@ -45,24 +45,9 @@ def test_zero_grad():
     assert nn.Module().parameters() == []
 
 
-def demo_losses(Value, model, X, y, steps, alpha=1e-4):
-    """micrograd's demo notebook loop: SVM loss + L2, full batch, SGD with decaying lr."""
-    curve = []
-    for k in range(steps):
-        inputs = [list(map(Value, xrow)) for xrow in X]
-        scores = list(map(model, inputs))
-        losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores)]
-        data_loss = sum(losses) * (1.0 / len(losses))
-        reg_loss = alpha * sum((p * p for p in model.parameters()))
-        total_loss = data_loss + reg_loss
-        accuracy = [(yi > 0) == (scorei.data > 0) for yi, scorei in zip(y, scores)]
-        model.zero_grad()
-        total_loss.backward()
-        learning_rate = 1.0 - 0.9 * k / 100
-        for p in model.parameters():
-            p.data -= learning_rate * p.grad
-        curve.append((total_loss.data, sum(accuracy) / len(accuracy)))
-    return curve
+def demo_losses(Value, model, X, y, steps):
+    """micrograd's demo notebook loop (fastgrad.demo.step): [(loss, accuracy)] per step."""
+    return [demo.step(model, X, y, k, Value=Value) for k in range(steps)]
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from fastgrad import optim
+from fastgrad import optim, reference
 
 
 def quadratic(Value, ps):
@@ -96,7 +96,7 @@ def test_compiled_loops_equal_the_python_kernel_bit_for_bit(name, kw):
     from fastgrad.reference import Value as R
     cs, rs = make(C), make(R)
     copt, ropt = getattr(optim, name)(cs, **kw), getattr(optim, name)(rs, **kw)
-    assert isinstance(ropt._params, optim._PythonParams)
+    assert isinstance(ropt._params, reference._Params)
     for _ in range(6):
         for ps, opt, V in ((cs, copt, C), (rs, ropt, R)):
             opt.zero_grad()

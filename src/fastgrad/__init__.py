@@ -1,11 +1,9 @@
 """fastgrad: micrograd's Value and nn on a Cython tape arena.
 
-The engine is chosen once, here: the compiled `fastgrad._core` unless the environment sets
-FASTGRAD_PUREPYTHON=1 or the extension was not built, in which case the pure-Python
-`fastgrad.reference` engine (same API, same semantics) stands in, with a warning.
+The engine is chosen once, in fastgrad._engine: the compiled `fastgrad._core` unless the
+environment sets FASTGRAD_PUREPYTHON=1 or the extension was not built, in which case the
+pure-Python `fastgrad.reference` engine (same API, same semantics) stands in.
 """
-import os
-import warnings
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -13,22 +11,8 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:               # type checkers see the compiled API (fastgrad/_core.pyi)
     from fastgrad._core import Value
     ENGINE: str
-elif os.environ.get("FASTGRAD_PUREPYTHON"):
-    from fastgrad.reference import Value
-    ENGINE = "reference"
 else:
-    try:
-        from fastgrad._core import Value
-        ENGINE = "compiled"
-    except ImportError as exc:
-        warnings.warn(
-            f"fastgrad's compiled engine is not available ({exc}); using the pure-Python "
-            "reference engine, which is much slower. Reinstall with a C compiler to fix.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        from fastgrad.reference import Value
-        ENGINE = "reference"
+    from fastgrad._engine import ENGINE, Value
 
 from fastgrad.grad_mode import is_grad_enabled, no_grad  # noqa: E402
 from fastgrad.checks import GradcheckError, gradcheck  # noqa: E402

@@ -1,4 +1,5 @@
-# C declarations of the tape arena. Declarations only: implementations are in _core.pyx.
+# C declarations of the tape arena: types, the op enum and structs only. The functions
+# are in the parts that _core.pyx includes (they are not a C API: nothing cimports them).
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint64_t
 from cpython.object cimport PyObject
 
@@ -37,9 +38,10 @@ cdef enum:
                     # is under it: decreasing slot order is a topological order of its graph
     HAS_REPLAY = 512  # _replays holds the replay recompute() built for this node
 
-# waiting[-1]: never reaches 0, however many passes count and uncount it.
 cdef enum:
-    NO_PARENTS = 1 << 30
+    NO_NODE = -1            # "no child": a valid index into grad, parents_left, reached
+    NO_PARENTS = 1 << 30    # parents_left[NO_NODE]: never reaches 0, however many passes
+                            # count and uncount it
 
 # The children of a CUSTOM or AFFINE node: kids[0] is their number n, kids[1..n] the slots.
 ctypedef union param_t:
@@ -60,20 +62,25 @@ ctypedef union param_t:
 #     always topological order. Where it is (DESCENDS, fixed when the node is made, since
 #     slots and children never change), backward sweeps the slots downwards from the root;
 #     elsewhere it orders the reachable nodes with Kahn's algorithm;
-#   - waiting[i] is 0 outside an ordering pass.
+#   - index -1 ("no child") is readable and writable in grad, parents_left and reached
+#     (each of those allocations has one element in front), so that a pass over a node's
+#     two children needs no branch for a missing one;
+#   - the scratch state of the passes is clear outside them: parents_left[i] == 0,
+#     reached[i] == 0, replay_level[i] == 0 (checked by _test_scratch_clear).
 cdef struct Tape:
     real_t* value       # value[i]: the node's data (forward result)
-    real_t* grad        # grad[i]: d(root)/d(node), accumulated by the reverse sweep
-    real_t* grad_block  # the allocation of grad; its first element is grad[-1], a scratch
-                        # slot that "no child" (-1) accumulates into (replay sweeps)
+    real_t* grad        # grad[i]: d(root)/d(node), accumulated by the reverse sweep;
+                        # grad[-1] is scratch that "no child" accumulates into
     param_t* param      # param[i]: POW exponent, or CUSTOM / AFFINE child list
     node_t* lhs         # lhs[i]: first child, -1 if none; next free slot when free
     node_t* rhs         # rhs[i]: second child, -1 if none
     int32_t* refs       # refs[i]: parent edges + live handle, as above; 0 when free
-    int32_t* waiting_block  # the allocation of waiting; its first element is waiting[-1],
-                        # which never reaches 0, so that -1 ("no child") needs no branch
-    int32_t* waiting    # waiting[i]: during ordering, reachable parents not yet ordered;
-                        # 0 outside ordering (waiting_block + 1)
+    int32_t* parents_left  # parents_left[i]: during Kahn's ordering, the reachable
+                        # parents of i not yet ordered; parents_left[-1] is NO_PARENTS
+    uint8_t* reached    # reached[i]: during a descending backward pass, 1 if i was reached
+                        # from the root and not yet swept; reached[NO_NODE] is always 1
+    uint8_t* replay_level  # replay_level[i]: while a replay's steps are regrouped, one
+                        # more than the level of the last step that added into grad[i]
     uint8_t* op         # op[i]: an Op code
     uint16_t* flags     # flags[i]: HAS_LABEL | HAS_OPSTR | ... bits
     PyObject** handle   # handle[i]: borrowed pointer to the live Value handle, or NULL
@@ -82,15 +89,17 @@ cdef struct Tape:
     node_t free_head    # first free slot below size, or -1
     node_t live         # number of live slots
     node_t freed        # slots freed since the free list was last sorted
+    node_t overridden   # live nodes of a built-in op whose _backward was assigned: while
+                        # any exist, every backward() takes the sweep that can call Python
     Py_ssize_t cached   # slots held by the cached orders (_orders)
     Py_ssize_t replayed # steps held by the cached replays (_replays)
     uint64_t epoch      # bumped whenever a live node's value may have changed other than
                         # by push (data assigned, recompute(), an optimizer step): a
                         # replay's derivatives are current while its stamp equals it
 
-# One step of a replay (see _Replay in _core.pyx): a node with micrograd's rule in the one
-# form every op's rule has, grad[lhs] += dl * grad[node]; grad[rhs] += dr * grad[node];
-# but an AFFINE node's, a loop over its terms, is applied whole (lhs is its bias b).
+# One step of a replay (see replay.pxi): a node with its rule in the one form every
+# op's rule has, grad[lhs] += dl * grad[node]; grad[rhs] += dr * grad[node]; but an
+# AFFINE node's, a loop over its terms, is applied whole (lhs is its bias b).
 cdef struct Step:
     node_t node
     node_t lhs          # a child; -1 (grad[-1], the scratch slot) for none
@@ -104,16 +113,3 @@ cdef struct NodeList:
     node_t* items
     Py_ssize_t size
     Py_ssize_t capacity
-
-# Failure contracts: `except -1` functions raise MemoryError (or the exception named)
-# and leave the tape exactly as it was; `noexcept` functions cannot fail.
-cdef int reserve(node_t n) except -1             # room for n more slots
-cdef node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexcept  # after reserve
-cdef void release(node_t i) noexcept             # drop one reference to i, free what dies
-cdef int count_parents(NodeList* queue) except -1  # 1 if CUSTOM nodes reachable
-cdef Py_ssize_t ready_roots(NodeList* queue, Py_ssize_t nroots) noexcept nogil
-cdef void finish_order(NodeList* queue, Py_ssize_t ready) noexcept nogil  # parents-first
-cdef int sweep(NodeList* topo) except -1         # rules in topo order; -1 if a _backward raised
-cdef int backward_from(node_t root) except -1    # micrograd's backward from root
-cdef int recompute_from(node_t root) except -1   # forward again; all or nothing
-cdef int apply_rule(node_t i) except -1          # node i's local chain rule

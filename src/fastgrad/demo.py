@@ -3,8 +3,9 @@
 Trains micrograd's MLP(2, [16, 16, 1]) on 100 two-moons points with its SVM loss, L2
 regularisation and learning-rate schedule, showing loss and accuracy in a progress bar,
 then writes a PNG of the decision boundary and the loss curve and prints where. The graph
-is built once and replayed each step (recompute, backward, SGD step), as in
-examples/moons_replay.py. micrograd's demo reaches 100% training accuracy; so must this.
+is built once and replayed each step (recompute, backward, SGD step: `train`), as in
+examples/moons_replay.py. `step` is micrograd's own step, the graph rebuilt each time: the
+one copy of it that the tests, the benchmarks and the typing example use. micrograd's demo reaches 100% training accuracy; so must this.
 
 Needs matplotlib for the picture and uses tqdm for the progress bar when installed
 (`pip install fastgrad[demo]`).
@@ -25,15 +26,36 @@ from fastgrad.nn import MLP
 from fastgrad.optim import SGD
 
 
-def build(model: MLP, X: Sequence[Sequence[float]], y: Sequence[int],
-          alpha: float = 1e-4) -> tuple[Value, list[Value]]:
-    """micrograd's loss: SVM max-margin over the batch plus L2, and the scores."""
+def build(model: Any, X: Sequence[Sequence[float]], y: Sequence[int],
+          alpha: float = 1e-4, Value: Any = Value) -> tuple[Any, list[Any]]:
+    """micrograd's loss: SVM max-margin over the batch plus L2, and the scores. Value is
+    the class the inputs are made of (micrograd's own works too)."""
     inputs = [list(map(Value, xrow)) for xrow in X]
     scores = list(map(model, inputs))
     losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores)]
     data_loss = sum(losses) * (1.0 / len(losses))
     reg_loss = alpha * sum((p * p for p in model.parameters()))
     return data_loss + reg_loss, scores
+
+
+def accuracy(y: Sequence[int], scores: Sequence[Any]) -> float:
+    """The fraction of points whose score has the label's sign."""
+    return sum((yi > 0) == (s.data > 0) for yi, s in zip(y, scores)) / len(y)
+
+
+def step(model: Any, X: Sequence[Sequence[float]], y: Sequence[int], k: int,
+         alpha: float = 1e-4, Value: Any = Value) -> tuple[float, float]:
+    """One step of micrograd's demo notebook, its way: the loss graph built anew,
+    zero_grad, backward, then SGD at the demo's learning rate 1 - 0.9 k / 100. Returns
+    (loss, accuracy of the scores it was computed from). Works on any engine's model and
+    Value class, micrograd's own included."""
+    total_loss, scores = build(model, X, y, alpha, Value)
+    model.zero_grad()
+    total_loss.backward()
+    learning_rate = 1.0 - 0.9 * k / 100
+    for p in model.parameters():
+        p.data -= learning_rate * p.grad
+    return total_loss.data, accuracy(y, scores)
 
 
 def train(steps: int = 100, seed: int = 1337,
@@ -49,14 +71,14 @@ def train(steps: int = 100, seed: int = 1337,
     curve = []
     for k in range(steps):
         total_loss.recompute()                       # forward again, from the new weights
-        accuracy = sum((yi > 0) == (s.data > 0) for yi, s in zip(y, scores)) / len(y)
+        correct = accuracy(y, scores)
         opt.zero_grad()
         total_loss.backward()
         opt.param_groups[0]['lr'] = 1.0 - 0.9 * k / 100
         opt.step()
-        curve.append((total_loss.data, accuracy))
+        curve.append((total_loss.data, correct))
         if on_step is not None:
-            on_step(k, total_loss.data, accuracy)
+            on_step(k, total_loss.data, correct)
     return model, curve
 
 

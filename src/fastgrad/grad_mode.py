@@ -12,30 +12,23 @@ also works as a decorator. Both engines follow it.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
 
-from fastgrad import reference
-
-try:
-    from fastgrad import _core
-    _ENGINES: tuple[Any, ...] = (_core, reference)
-except ImportError:
-    _ENGINES = (reference,)
+from fastgrad._engine import ENGINES, engine
 
 
 class no_grad(contextlib.ContextDecorator):
     """Context manager (or decorator) in which ops record no graph."""
 
     def __enter__(self) -> no_grad:
-        for engine in _ENGINES:
-            engine._enter_no_grad()
+        for module in ENGINES:
+            module._enter_no_grad()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for engine in _ENGINES:
-            engine._exit_no_grad()
+        for module in ENGINES:
+            module._exit_no_grad()
 
 
 def is_grad_enabled() -> bool:
     """False inside a no_grad block (of the calling thread)."""
-    return bool(reference._is_grad_enabled())
+    return bool(engine._is_grad_enabled())

@@ -9,63 +9,25 @@ parameters' slots on the compiled engine (and as Python loops on the reference).
         opt.step()
         opt.param_groups[0]['lr'] *= 0.99     # the learning-rate schedule hook
 
-The update formulas are written out in `_PythonParams`, the reference kernel.
+Each engine provides the kernel (`_Params`): the update formulas are written out in
+`fastgrad.reference._Params`, which the compiled loops equal bit for bit.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
-from fastgrad import reference
+from fastgrad._engine import engine_of
 from fastgrad.engine import Value
-
-
-class _PythonParams:
-    """The optimizers' kernels on any Value class, in Python (the reference engine)."""
-
-    def __init__(self, params: Iterable[Any]) -> None:
-        self.values = list(params)
-        self.m = [0.0] * len(self.values)
-        self.v = [0.0] * len(self.values)
-
-    def zero_grad(self) -> None:
-        for p in self.values:
-            p.grad = 0.0
-
-    def sgd(self, lr: float) -> None:
-        for p in self.values:
-            p.data -= lr * p.grad
-
-    def adam(self, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-             step: int) -> None:
-        step_size = lr / (1.0 - beta1 ** step)
-        correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
-        for k, p in enumerate(self.values):
-            g = p.grad + weight_decay * p.data
-            self.m[k] = beta1 * self.m[k] + (1.0 - beta1) * g
-            self.v[k] = beta2 * self.v[k] + (1.0 - beta2) * g * g
-            p.data -= step_size * self.m[k] / (math.sqrt(self.v[k]) / correction2_sqrt + eps)
-
-
-def _kernel(params: Iterable[Value]) -> Any:
-    params = list(params)
-    if not params:
-        raise ValueError("optimizer got an empty parameter list")
-    if all(type(p) is reference.Value for p in params):
-        return _PythonParams(params)
-    try:
-        from fastgrad import _core
-    except ImportError:         # a pure-Python install: only reference Values exist
-        bad = next(p for p in params if type(p) is not reference.Value)
-        raise TypeError(f"parameters must be Values, not {type(bad).__name__!r}") from None
-    return _core._Params(params)
 
 
 class Optimizer:
     """Base class: one parameter group, as `param_groups[0]`, holding the hyperparameters."""
 
     def __init__(self, params: Iterable[Value], defaults: dict[str, Any]) -> None:
-        self._params = _kernel(params)
+        values = list(params)
+        if not values:
+            raise ValueError("optimizer got an empty parameter list")
+        self._params = engine_of(values)._Params(values)
         self.param_groups: list[dict[str, Any]] = [
             dict(params=list(self._params.values), **defaults)]
 

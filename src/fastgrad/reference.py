@@ -40,16 +40,6 @@ def _real_or_raise(x, what):
     return r
 
 
-def _pow_forward(a, k):
-    """a ** k with Python's float semantics, except that a complex result is an error."""
-    if a < 0.0 and math.isfinite(a) and math.isfinite(k) and k != math.floor(k):
-        raise ValueError(f"negative number {a!r} cannot be raised to a fractional power {k!r}")
-    try:
-        return a ** k
-    except OverflowError:
-        raise OverflowError(f"{a!r} ** {k!r}: numerical result out of range") from None
-
-
 def _pow_ieee(a, k):
     """a ** k as C's pow computes it: inf or nan where Python would raise."""
     try:
@@ -80,34 +70,24 @@ def _log_ieee(a):
     return -math.inf if a == 0.0 else math.nan
 
 
-def _log_forward(a):
-    if a <= 0.0:
-        raise ValueError("math domain error")
-    return math.log(a)
+# One block per op: its forward, value = forward(k, *children's values) with k the op's
+# constant (POW's exponent, else None), beside its rule (ops.DERIVATIVE), which adds
+# (local derivative) * out.grad into each child of node `out`. Both tables are keyed by
+# the op codes of fastgrad.ops; the operators build nodes through FORWARD, and recompute()
+# re-evaluates through it.
+
+def _add_forward(k, a, b):
+    return a + b
 
 
-def _sigmoid_forward(a):
-    # for a < 0 as exp(a) / (1 + exp(a)): no exp overflows
-    if a >= 0.0:
-        return 1.0 / (1.0 + math.exp(-a))
-    e = math.exp(a)
-    return e / (1.0 + e)
-
-
-def _powv_forward(a, b):
-    if not a > 0.0 and not math.isnan(a):
-        raise ValueError(f"the base of Value ** Value must be positive, not {a!r}")
-    try:
-        return a ** b
-    except OverflowError:
-        raise OverflowError(f"{a!r} ** {b!r}: numerical result out of range") from None
-
-
-# The local chain rule of each op (ops.DERIVATIVE), applied to node `out`.
 def _add_rule(out):
     a, b = out._children
     a._grad += out._grad
     b._grad += out._grad
+
+
+def _mul_forward(k, a, b):
+    return a * b
 
 
 def _mul_rule(out):
@@ -116,14 +96,33 @@ def _mul_rule(out):
     b._grad += a._data * out._grad
 
 
+def _pow_forward(k, a):
+    """a ** k with Python's float semantics, except that a complex result is an error."""
+    k = float(k)
+    if a < 0.0 and math.isfinite(a) and math.isfinite(k) and k != math.floor(k):
+        raise ValueError(f"negative number {a!r} cannot be raised to a fractional power {k!r}")
+    try:
+        return a ** k
+    except OverflowError:
+        raise OverflowError(f"{a!r} ** {k!r}: numerical result out of range") from None
+
+
 def _pow_rule(out):
     a, = out._children
     k = out._k
     a._grad += (k * _pow_ieee(a._data, k - 1.0)) * out._grad
 
 
+def _relu_forward(k, a):
+    return 0.0 if a < 0 else a
+
+
 def _relu_rule(out):
     out._children[0]._grad += (out._data > 0) * out._grad
+
+
+def _tanh_forward(k, a):
+    return math.tanh(a)
 
 
 def _tanh_rule(out):
@@ -131,8 +130,20 @@ def _tanh_rule(out):
     out._children[0]._grad += (1.0 - t * t) * out._grad
 
 
+def _exp_forward(k, a):
+    return math.exp(a)
+
+
 def _exp_rule(out):
     out._children[0]._grad += out._data * out._grad
+
+
+def _affine_forward(k, b, *terms):
+    # summed left to right: micrograd's sum((w * x ...), b) to the last bit
+    acc = b
+    for j in range(0, len(terms), 2):
+        acc = acc + terms[j] * terms[j + 1]
+    return acc
 
 
 def _affine_rule(out):
@@ -145,12 +156,10 @@ def _affine_rule(out):
         x._grad += w._data * g
 
 
-def _affine_forward(out, b, *terms):
-    # summed left to right: micrograd's sum((w * x ...), b) to the last bit
-    acc = b
-    for k in range(0, len(terms), 2):
-        acc = acc + terms[k] * terms[k + 1]
-    return acc
+def _log_forward(k, a):
+    if a <= 0.0:
+        raise ValueError("math domain error")
+    return math.log(a)
 
 
 def _log_rule(out):
@@ -158,19 +167,44 @@ def _log_rule(out):
     a._grad += _div_ieee(1.0, a._data) * out._grad
 
 
+def _sigmoid_forward(k, a):
+    # for a < 0 as exp(a) / (1 + exp(a)): no exp overflows
+    if a >= 0.0:
+        return 1.0 / (1.0 + math.exp(-a))
+    e = math.exp(a)
+    return e / (1.0 + e)
+
+
 def _sigmoid_rule(out):
     s = out._data
     out._children[0]._grad += s * (1.0 - s) * out._grad
+
+
+def _sqrt_forward(k, a):
+    return math.sqrt(a)
 
 
 def _sqrt_rule(out):
     out._children[0]._grad += _div_ieee(1.0, 2.0 * out._data) * out._grad
 
 
+def _abs_forward(k, a):
+    return abs(a)
+
+
 def _abs_rule(out):
     a = out._children[0]
     sign = a._data if math.isnan(a._data) else float(a._data > 0.0) - float(a._data < 0.0)
     a._grad += sign * out._grad
+
+
+def _powv_forward(k, a, b):
+    if not a > 0.0 and not math.isnan(a):
+        raise ValueError(f"the base of Value ** Value must be positive, not {a!r}")
+    try:
+        return a ** b
+    except OverflowError:
+        raise OverflowError(f"{a!r} ** {b!r}: numerical result out of range") from None
 
 
 def _powv_rule(out):
@@ -181,8 +215,24 @@ def _powv_rule(out):
 
 
 def _no_rule(out):
+    # LEAF; CUSTOM, whose rule is its Python _backward if it has one
     pass
 
+
+FORWARD = {
+    Op.ADD: _add_forward,
+    Op.MUL: _mul_forward,
+    Op.POW: _pow_forward,
+    Op.RELU: _relu_forward,
+    Op.TANH: _tanh_forward,
+    Op.EXP: _exp_forward,
+    Op.AFFINE: _affine_forward,
+    Op.LOG: _log_forward,
+    Op.SIGMOID: _sigmoid_forward,
+    Op.SQRT: _sqrt_forward,
+    Op.ABS: _abs_forward,
+    Op.POWV: _powv_forward,
+}
 
 RULES = {
     Op.LEAF: _no_rule,
@@ -192,7 +242,7 @@ RULES = {
     Op.RELU: _relu_rule,
     Op.TANH: _tanh_rule,
     Op.EXP: _exp_rule,
-    Op.CUSTOM: _no_rule,   # a CUSTOM node's rule is its Python _backward, if any
+    Op.CUSTOM: _no_rule,
     Op.AFFINE: _affine_rule,
     Op.LOG: _log_rule,
     Op.SIGMOID: _sigmoid_rule,
@@ -202,21 +252,18 @@ RULES = {
 }
 
 
-# Each op's forward, for recompute(): the new value from the children's values.
-FORWARD = {
-    Op.ADD: lambda out, a, b: a + b,
-    Op.MUL: lambda out, a, b: a * b,
-    Op.POW: lambda out, a: _pow_forward(a, float(out._k)),
-    Op.RELU: lambda out, a: 0.0 if a < 0 else a,
-    Op.TANH: lambda out, a: math.tanh(a),
-    Op.EXP: lambda out, a: math.exp(a),
-    Op.AFFINE: _affine_forward,
-    Op.LOG: lambda out, a: _log_forward(a),
-    Op.SIGMOID: lambda out, a: _sigmoid_forward(a),
-    Op.SQRT: lambda out, a: math.sqrt(a),
-    Op.ABS: lambda out, a: abs(a),
-    Op.POWV: lambda out, a, b: _powv_forward(a, b),
-}
+def _forward(code):
+    forward = FORWARD.get(code)
+    if forward is None:
+        raise NotImplementedError(f"no forward for op {Op(code).name}")
+    return forward
+
+
+def _rule(code):
+    rule = RULES.get(code)
+    if rule is None:
+        raise NotImplementedError(f"no backward rule for op {Op(code).name}")
+    return rule
 
 
 class _GradMode(threading.local):
@@ -238,13 +285,6 @@ def _exit_no_grad():
 
 def _is_grad_enabled():
     return _mode.no_grad_depth == 0
-
-
-def _rule(code):
-    rule = RULES.get(code)
-    if rule is None:
-        raise NotImplementedError(f"no backward rule for op {Op(code).name}")
-    return rule
 
 
 class Value:
@@ -279,6 +319,15 @@ class Value:
         out._opstr = _NO_OPSTR
         out._fn = None
         out._label = ''
+        return out
+
+    @classmethod
+    def _op_node(cls, code, children, k=0.0):
+        # a node of a built-in op: its value from FORWARD, then as _node
+        data = _forward(code)(k, *(c._data for c in children))
+        out = cls._node(code, data, children)
+        if code == Op.POW and out._code == Op.POW:
+            out._k = k
         return out
 
     # --- attributes -----------------------------------------------------------------
@@ -331,16 +380,18 @@ class Value:
 
     @_backward.setter
     def _backward(self, fn):
+        # micrograd's backward() calls whatever _backward a node holds: a function
+        # assigned to any node replaces its op's rule (and recompute() then refuses its
+        # graph); the node's own rule, read from _backward and assigned back, restores it
         if not callable(fn):
             raise TypeError(f"_backward must be callable, not {type(fn).__name__!r}")
-        self._fn = fn
+        own = getattr(fn, "__self__", None) is self and getattr(fn, "__name__", None) == "_apply_rule"
+        self._fn = None if own else fn
 
     def _apply_rule(self):
-        """Applies this node's local chain rule once (what micrograd's _backward does)."""
-        if self._fn is not None:
-            self._fn()
-        else:
-            _rule(self._code)(self)
+        """Applies the local chain rule of this node's op once (what micrograd's _backward
+        of the op does); a custom op has none."""
+        _rule(self._code)(self)
 
     # --- operators (micrograd builds the same graph) ---------------------------------
 
@@ -352,8 +403,7 @@ class Value:
             if x is None:
                 return NotImplemented
             other = Value._node(Op.LEAF, x, ())
-        data = self._data + x if code == Op.ADD else self._data * x
-        return Value._node(code, data, (self, other))
+        return Value._op_node(code, (self, other))
 
     def __add__(self, other):
         return self._binary(Op.ADD, other)
@@ -372,13 +422,12 @@ class Value:
         if mod is not None:
             raise TypeError("pow() with a modulus is not supported for Value")
         if type(other) is Value:
-            return Value._node(Op.POWV, _powv_forward(self._data, other._data), (self, other))
+            return Value._op_node(Op.POWV, (self, other))
         if not isinstance(other, (int, float)):
             raise TypeError(f"unsupported exponent type {type(other).__name__!r}: "
                             "int, float or Value")
-        out = Value._node(Op.POW, _pow_forward(self._data, float(other)), (self,))
-        out._k = other   # kept as given, so that `_op` shows '**2', '**2.0' or '**True'
-        return out
+        # k kept as given, so that `_op` shows '**2', '**2.0' or '**True'
+        return Value._op_node(Op.POW, (self,), other)
 
     def __rpow__(self, other, mod=None):
         # number ** self: the number becomes a leaf, as in every binary op
@@ -413,29 +462,28 @@ class Value:
         children = [start]
         for w, x in zip(ws, xs):
             children += [w, x if type(x) is Value else Value._node(Op.LEAF, float(x), ())]
-        return Value._node(Op.AFFINE, _affine_forward(None, *(c._data for c in children)),
-                           tuple(children))
+        return Value._op_node(Op.AFFINE, tuple(children))
 
     def relu(self):
-        return Value._node(Op.RELU, 0.0 if self._data < 0 else self._data, (self,))
+        return Value._op_node(Op.RELU, (self,))
 
     def tanh(self):
-        return Value._node(Op.TANH, math.tanh(self._data), (self,))
+        return Value._op_node(Op.TANH, (self,))
 
     def exp(self):
-        return Value._node(Op.EXP, math.exp(self._data), (self,))
+        return Value._op_node(Op.EXP, (self,))
 
     def log(self):
-        return Value._node(Op.LOG, _log_forward(self._data), (self,))
+        return Value._op_node(Op.LOG, (self,))
 
     def sigmoid(self):
-        return Value._node(Op.SIGMOID, _sigmoid_forward(self._data), (self,))
+        return Value._op_node(Op.SIGMOID, (self,))
 
     def sqrt(self):
-        return Value._node(Op.SQRT, math.sqrt(self._data), (self,))
+        return Value._op_node(Op.SQRT, (self,))
 
     def __abs__(self):
-        return Value._node(Op.ABS, abs(self._data), (self,))
+        return Value._op_node(Op.ABS, (self,))
 
     def __neg__(self): # -self
         return self * -1
@@ -470,19 +518,21 @@ class Value:
     def recompute(self):
         """Re-evaluates every node under this one from the current data of the leaves, and
         resets the grads of the nodes in between to 0 (leaves keep theirs): as if the same
-        expression had been built again. Its order is cached, so a training loop can build
-        its graph once, then recompute() / backward() / update the leaves, step after step."""
+        expression had been built again. What it needs is cached per root, so a training
+        loop can build its graph once, then recompute() / backward() / update the leaves,
+        step after step. All or nothing: if an op fails, every value is put back. A graph
+        holding Python code (a custom op, an assigned _backward) is refused with TypeError."""
         topo = self._topo()
         for v in topo:
-            if v._code == Op.CUSTOM and v._children:
+            if (v._code == Op.CUSTOM and v._children) or v._fn is not None:
                 raise TypeError(
-                    f"recompute() cannot re-evaluate the custom op {v._op!r}: its "
-                    "value was computed by Python code; rebuild the graph instead")
+                    f"recompute() cannot re-evaluate the custom op {v._op!r}: "
+                    "its value or its _backward is Python code; rebuild the graph instead")
         new = {}                                # all or nothing: commit once all succeeded
         value = lambda c: new.get(c, c._data)
         for v in topo:
-            if v._code in FORWARD:
-                new[v] = FORWARD[v._code](v, *map(value, v._children))
+            if v._code != Op.LEAF and v._code != Op.CUSTOM:
+                new[v] = _forward(v._code)(v._k, *map(value, v._children))
         for v, d in new.items():
             v._data = d
             v._grad = 0.0
@@ -504,6 +554,32 @@ class Value:
         if self._code != Op.LEAF:
             raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
         return (_restore, (self._data, self._grad, self._label))
+
+
+class _Params:
+    """The optimizers' kernels over a list of Values (fastgrad.optim), in Python."""
+
+    def __init__(self, params):
+        self.values = list(params)
+        self.m = [0.0] * len(self.values)
+        self.v = [0.0] * len(self.values)
+
+    def zero_grad(self):
+        for p in self.values:
+            p.grad = 0.0
+
+    def sgd(self, lr):
+        for p in self.values:
+            p.data -= lr * p.grad     # micrograd's update
+
+    def adam(self, lr, beta1, beta2, eps, weight_decay, step):
+        step_size = lr / (1.0 - beta1 ** step)
+        correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        for k, p in enumerate(self.values):
+            g = p.grad + weight_decay * p.data
+            self.m[k] = beta1 * self.m[k] + (1.0 - beta1) * g
+            self.v[k] = beta2 * self.v[k] + (1.0 - beta2) * g * g
+            p.data -= step_size * self.m[k] / (math.sqrt(self.v[k]) / correction2_sqrt + eps)
 
 
 def _restore(data, grad, label):

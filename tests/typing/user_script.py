@@ -2,6 +2,7 @@
 import random
 
 import fastgrad
+from fastgrad import demo
 from fastgrad.datasets import make_moons
 from fastgrad.engine import Value
 from fastgrad.nn import MLP, Neuron
@@ -28,6 +29,7 @@ custom.backward()
 random.seed(0)
 X, y = make_moons(20)
 model = MLP(2, [8, 1])
+first: tuple[float, float] = demo.step(model, X, y, 0)      # micrograd's own demo step
 inputs = [[Value(x1), Value(x2)] for x1, x2 in X]
 scores: list[Value] = [model(x) for x in inputs]
 loss = sum(((1 + -yi * si).relu() for yi, si in zip(y, scores)), Value(0.0)) * (1.0 / len(y))

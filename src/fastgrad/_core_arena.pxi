@@ -1,0 +1,273 @@
+# The tape arena: its memory, slots, references and freeing. (Part of _core.pyx.)
+
+# The arena. One per process; every access holds the GIL, so threads share it safely.
+cdef Tape tape
+memset(&tape, 0, sizeof(Tape))
+tape.free_head = -1
+tape.epoch = 1              # (a replay's stamp 0 is never current)
+
+# Sparse per-node Python attributes, keyed by slot; flags[i] says whether an entry exists.
+cdef dict _labels = {}      # HAS_LABEL: the node's label
+cdef dict _opstrs = {}      # HAS_OPSTR: the `_op` string of a node
+cdef dict _orders = {}      # HAS_ORDER: the node's reachable slots, parents first (bytes)
+cdef dict _replays = {}     # HAS_REPLAY: the _Replay recompute() built for the node
+
+# allocations left before a simulated failure (-1: never); set by _test_fail_allocs
+cdef Py_ssize_t _allocs_until_failure = -1
+
+
+# ---------------------------------------------------------------------- debug checks
+
+cdef inline void invariant(bint ok, const char* what) noexcept nogil:
+    """The debug build's consistency checks: a broken invariant is a bug in fastgrad, so
+    it stops the process with a message. In a release build (DEBUG is a C constant 0)
+    this compiles to nothing."""
+    if DEBUG and not ok:
+        fprintf(stderr, b"fastgrad: broken invariant: %s\n", what)
+        abort()
+
+
+cdef inline void check_node(node_t i) noexcept nogil:
+    invariant(0 <= i < tape.size, b"a node's slot is below the tape's size")
+    invariant(tape.op[i] < COUNT, b"a node's op code is below Op.COUNT")
+    invariant(tape.refs[i] >= 0, b"a node's reference count is not negative")
+
+
+# --------------------------------------------------------------------------- memory
+
+cdef int safe_realloc(void** p, size_t nelems, size_t elsize) except -1:
+    """Resizes *p to nelems elements. On failure raises MemoryError and leaves *p as it was."""
+    global _allocs_until_failure
+    cdef void* q
+    if _allocs_until_failure == 0:
+        raise MemoryError("fastgrad: simulated allocation failure")
+    if _allocs_until_failure > 0:
+        _allocs_until_failure -= 1
+    if nelems > (<size_t>-1) // elsize // 2:
+        raise MemoryError(f"fastgrad: cannot allocate {nelems} elements")
+    q = PyMem_Realloc(p[0], nelems * elsize)
+    if q == NULL:
+        raise MemoryError(f"fastgrad: cannot allocate {nelems * elsize} bytes")
+    p[0] = q
+    return 0
+
+
+cdef int realloc_with_front(void** p, size_t nelems, size_t elsize) except -1:
+    """safe_realloc for an array with one element in front of it: *p points past that
+    element, so that index -1 is the array's own scratch element."""
+    cdef char* block = NULL if p[0] == NULL else <char*>p[0] - elsize
+    safe_realloc(<void**>&block, nelems + 1, elsize)
+    p[0] = block + elsize
+    return 0
+
+
+cdef int grow(node_t needed) except -1:
+    """Grows every tape array to hold at least `needed` slots (doubling)."""
+    cdef size_t cap = tape.capacity if tape.capacity > 0 else 1024
+    cdef size_t old = tape.capacity
+    while cap < <size_t>needed:
+        cap *= 2
+    if cap > INT32_MAX:
+        cap = INT32_MAX
+    if cap < <size_t>needed:
+        raise MemoryError("fastgrad: the tape is full (2**31 - 1 nodes)")
+    # Each array is resized in turn; if one fails the earlier ones are merely larger than
+    # `capacity` says, which is harmless.
+    safe_realloc(<void**>&tape.value, cap, sizeof(real_t))
+    realloc_with_front(<void**>&tape.grad, cap, sizeof(real_t))
+    tape.grad[NO_NODE] = 0.0
+    safe_realloc(<void**>&tape.param, cap, sizeof(param_t))
+    safe_realloc(<void**>&tape.lhs, cap, sizeof(node_t))
+    safe_realloc(<void**>&tape.rhs, cap, sizeof(node_t))
+    safe_realloc(<void**>&tape.refs, cap, sizeof(int32_t))
+    realloc_with_front(<void**>&tape.parents_left, cap, sizeof(int32_t))
+    tape.parents_left[NO_NODE] = NO_PARENTS
+    realloc_with_front(<void**>&tape.reached, cap, sizeof(uint8_t))
+    tape.reached[NO_NODE] = 1
+    safe_realloc(<void**>&tape.replay_level, cap, sizeof(uint8_t))
+    # the scratch arrays start clear (their invariant), and stay so outside the passes
+    memset(&tape.parents_left[old], 0, (cap - old) * sizeof(int32_t))
+    memset(&tape.reached[old], 0, (cap - old) * sizeof(uint8_t))
+    memset(&tape.replay_level[old], 0, (cap - old) * sizeof(uint8_t))
+    safe_realloc(<void**>&tape.op, cap, sizeof(uint8_t))
+    safe_realloc(<void**>&tape.flags, cap, sizeof(uint16_t))
+    safe_realloc(<void**>&tape.handle, cap, sizeof(PyObject*))
+    tape.capacity = <node_t>cap
+    return 0
+
+
+cdef inline int reserve(node_t n) except -1:
+    """Room for n more slots: after reserve(n), n pushes cannot fail. push takes free
+    slots first (size - live of them), then new ones at size. Once half the arena was
+    freed since the last sort, the free list is sorted here, when the frees are over and
+    building starts again."""
+    cdef node_t fresh = n - (tape.size - tape.live)
+    if tape.freed > tape.size // 2:
+        sort_free_list()
+    if fresh > 0 and tape.size > tape.capacity - fresh:
+        grow(tape.size + fresh)
+    return 0
+
+
+cdef int list_grow(NodeList* l) except -1:
+    cdef size_t cap = 64 if l.capacity == 0 else 2 * <size_t>l.capacity
+    safe_realloc(<void**>&l.items, cap, sizeof(node_t))
+    l.capacity = cap
+    return 0
+
+
+cdef inline int list_push(NodeList* l, node_t i) except -1:
+    if l.size == l.capacity:
+        list_grow(l)
+    l.items[l.size] = i
+    l.size += 1
+    return 0
+
+
+cdef int list_try_push(NodeList* l, node_t i) except -1:
+    """list_push that answers 0 instead of raising when memory runs out, else 1."""
+    try:
+        list_push(l, i)
+    except MemoryError:
+        return 0
+    return 1
+
+
+# ---------------------------------------------------------------------------- slots
+
+cdef inline bint has_child_list(uint8_t op) noexcept nogil:
+    # the ops whose children are a list in param[i].kids rather than lhs/rhs
+    return op == CUSTOM or op == AFFINE
+
+
+cdef inline void pin(node_t c) noexcept:
+    # A node with a Python _backward keeps its handle (which holds the function) alive
+    # while a parent names it. The handle is GC-tracked, so once unpinned the cycle
+    # handle -> function -> closure -> handle is collected like micrograd's.
+    incref(tape.handle[c])
+    tape.flags[c] |= PINNED
+
+
+cdef inline void add_ref(node_t c) noexcept:
+    tape.refs[c] += 1
+    if (tape.flags[c] & (HAS_FN | PINNED)) == HAS_FN:
+        pin(c)
+
+
+cdef inline uint16_t descends_to(node_t i, node_t c) noexcept:
+    # DESCENDS if the edge i -> c goes down and c's own graph descends
+    return tape.flags[c] & DESCENDS if c < i else 0
+
+
+cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexcept:
+    """A new node (after reserve: cannot fail) holding a reference to each child; param
+    and the child list of CUSTOM and AFFINE nodes are set by their makers."""
+    cdef node_t i
+    cdef uint16_t descends = DESCENDS
+    if tape.free_head >= 0:
+        i = tape.free_head
+        tape.free_head = tape.lhs[i]
+    else:
+        i = tape.size
+        tape.size += 1
+    tape.value[i] = value
+    tape.grad[i] = 0.0
+    tape.lhs[i] = lhs
+    tape.rhs[i] = rhs
+    tape.refs[i] = 0
+    tape.op[i] = op
+    tape.handle[i] = NULL
+    tape.live += 1
+    if lhs >= 0:
+        add_ref(lhs)
+        descends &= descends_to(i, lhs)
+    if rhs >= 0:
+        add_ref(rhs)
+        descends &= descends_to(i, rhs)
+    tape.flags[i] = descends            # (no FREE any more)
+    return i
+
+
+cdef inline bint drop_ref(node_t c) noexcept:
+    """Drops one reference to c; True if that was the last one (c must then be freed)."""
+    tape.refs[c] -= 1
+    invariant(tape.refs[c] >= 0, b"a reference count is not negative")
+    if tape.refs[c] == 0:
+        return True
+    if tape.refs[c] == 1 and tape.flags[c] & PINNED:
+        # Only the handle is left: the tape stops holding it. This may run Python code
+        # (the handle's function can die), which may build or free other nodes, so
+        # callers re-read the tape's arrays afterwards rather than caching them.
+        tape.flags[c] &= ~PINNED
+        decref(tape.handle[c])
+    return False
+
+
+cdef void release(node_t i) noexcept:
+    """Drops one reference to i and frees what dies with it, iteratively: dead nodes are
+    chained through refs[] (unused once a node is dead), -1 ending the chain."""
+    cdef node_t pending, j, c, n, k
+    cdef node_t* kids
+    if not drop_ref(i):
+        return
+    tape.refs[i] = -1
+    pending = i
+    while pending != -1:
+        j = pending
+        pending = tape.refs[j]
+        if has_child_list(tape.op[j]):
+            kids = tape.param[j].kids
+            tape.param[j].kids = NULL
+            n = kids[0] if kids != NULL else 0
+            for k in range(1, n + 1):
+                c = kids[k]
+                if drop_ref(c):
+                    tape.refs[c] = pending
+                    pending = c
+            PyMem_Free(kids)
+        else:
+            c = tape.lhs[j]
+            if c >= 0 and drop_ref(c):
+                tape.refs[c] = pending
+                pending = c
+            c = tape.rhs[j]
+            if c >= 0 and drop_ref(c):
+                tape.refs[c] = pending
+                pending = c
+        if tape.flags[j] & HAS_LABEL:
+            _labels.pop(j, None)
+        if tape.flags[j] & HAS_OPSTR:
+            _opstrs.pop(j, None)
+        if tape.flags[j] & HAS_ORDER:
+            tape.cached -= len(_orders.pop(j)) // sizeof(node_t)
+        if tape.flags[j] & HAS_REPLAY:
+            tape.replayed -= (<_Replay>_replays.pop(j)).size
+        if tape.flags[j] & HAS_FN and tape.op[j] != CUSTOM:
+            tape.overridden -= 1
+        tape.refs[j] = 0
+        tape.flags[j] = FREE
+        tape.op[j] = LEAF
+        tape.rhs[j] = -1
+        tape.lhs[j] = tape.free_head
+        tape.free_head = j
+        tape.live -= 1
+        tape.freed += 1
+
+
+cdef void sort_free_list() noexcept nogil:
+    """Rethreads the free list in increasing slot order.
+
+    Freeing pushes slots in the order a graph dies, so a graph built from a long free list
+    lands scattered over the arena, and every pass over it misses the cache; and a node
+    may land below its children, which costs it the one-pass backward (DESCENDS). In slot
+    order, consecutive new nodes sit side by side again, each above the ones before. Runs
+    (from reserve, so after a burst of frees, not in the middle of one) once more than
+    half the slots have been freed since the last time: its O(size) scan is O(1) per free.
+    """
+    cdef node_t j, head = -1
+    for j in range(tape.size - 1, -1, -1):
+        if tape.flags[j] & FREE:
+            tape.lhs[j] = head
+            head = j
+    tape.free_head = head
+    tape.freed = 0

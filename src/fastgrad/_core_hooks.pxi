@@ -1,0 +1,62 @@
+# Hooks for the test suite: counts and checks of the arena's internals, injected
+# allocation failures. (Part of _core.pyx.)
+
+def _tape_stats():
+    """Counts of the arena: live slots, slots handed out, capacity, free slots below size,
+    the slots held by the orders and the steps held by the replays that roots cache, and
+    the live built-in nodes whose _backward was assigned."""
+    return {'live': tape.live, 'size': tape.size, 'capacity': tape.capacity,
+            'free': tape.size - tape.live, 'cached': tape.cached, 'replayed': tape.replayed,
+            'overridden': tape.overridden}
+
+
+def _test_free_list_length():
+    """Walks the free list; reserve() relies on its length being size - live."""
+    cdef node_t j = tape.free_head, n = 0
+    while j >= 0:
+        if not tape.flags[j] & FREE:
+            raise AssertionError(f"slot {j} is on the free list without the FREE flag")
+        n += 1
+        j = tape.lhs[j]
+    return n
+
+
+def _test_fail_allocs(n):
+    """Makes the allocation after the next n fail with MemoryError (-1 turns it off)."""
+    global _allocs_until_failure
+    _allocs_until_failure = n
+
+
+def _test_descends(Value v):
+    """Whether v's graph descends the slots (its backward is one pass down the arena)."""
+    return bool(tape.flags[check_slot(v)] & DESCENDS)
+
+
+def _test_replay_current(Value v):
+    """Whether v has a replay whose derivatives are current: its next backward() is the
+    replay's sweep."""
+    cdef node_t i = check_slot(v)
+    return bool(tape.flags[i] & HAS_REPLAY) and (<_Replay>_replays[i]).stamp == tape.epoch
+
+
+def _test_scratch_clear():
+    """Whether the passes' scratch state is clear, as outside a pass: every parent count
+    0 and nothing marked reached (the sentinels intact), every replay level 0."""
+    cdef node_t j
+    if tape.capacity and (tape.parents_left[NO_NODE] != NO_PARENTS or tape.reached[NO_NODE] != 1):
+        return False
+    for j in range(tape.size):
+        if tape.parents_left[j] != 0 or tape.reached[j] or tape.replay_level[j] != 0:
+            return False
+    return True
+
+
+def _test_debug_build():
+    """Whether this module was built with the debug checks (FASTGRAD_CYTHON_DEBUG=1)."""
+    return bool(DEBUG)
+
+
+def _test_invariant(bint ok):
+    """Checks ok as the engine checks its invariants: in the debug build a False stops
+    the process with a message; in a release build nothing happens."""
+    invariant(ok, b"the invariant a test broke on purpose")

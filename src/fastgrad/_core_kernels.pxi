@@ -1,0 +1,339 @@
+# The ops' kernels and the dispatchers over op codes. (Part of _core.pyx.)
+#
+# One block per op (its math is in fastgrad.ops.DERIVATIVE): the forward kernel, one local
+# derivative per child (d out / d child, from the values it needs), and the rule, which
+# always has the form  grad[child] += derivative * grad[out].  The rules' sweep and the
+# replay (which records the derivatives while it re-evaluates) call the same derivative
+# functions, so their grads agree to the bit by construction. Forward kernels that can
+# fail raise Python's exception for the same float operation.
+
+# ADD: out = a + b
+cdef inline real_t add_forward(real_t a, real_t b) noexcept nogil:
+    return a + b
+
+cdef inline real_t add_da() noexcept nogil:
+    return 1.0                          # (1 * g is g, to the bit)
+
+cdef inline real_t add_db() noexcept nogil:
+    return 1.0
+
+cdef inline void add_rule(node_t i) noexcept nogil:
+    cdef real_t g = tape.grad[i]
+    tape.grad[tape.lhs[i]] += add_da() * g
+    tape.grad[tape.rhs[i]] += add_db() * g
+
+
+# MUL: out = a * b
+cdef inline real_t mul_forward(real_t a, real_t b) noexcept nogil:
+    return a * b
+
+cdef inline real_t mul_da(real_t b) noexcept nogil:
+    return b
+
+cdef inline real_t mul_db(real_t a) noexcept nogil:
+    return a
+
+cdef inline void mul_rule(node_t i) noexcept nogil:
+    cdef real_t g = tape.grad[i]
+    cdef node_t a = tape.lhs[i], b = tape.rhs[i]
+    tape.grad[a] += mul_da(tape.value[b]) * g
+    tape.grad[b] += mul_db(tape.value[a]) * g
+
+
+# POW: out = a ** k, k a constant, with Python's float semantics for the forward value
+cdef int pow_forward(real_t a, real_t k, real_t* out) except -1:
+    if a == 0.0 and k < 0.0 and isfinite(k):
+        raise ZeroDivisionError("0.0 cannot be raised to a negative power")
+    if a < 0.0 and isfinite(a) and isfinite(k) and k != floor(k):
+        # Python would return a complex number, which a Value cannot hold
+        raise ValueError(f"negative number {a!r} cannot be raised to a fractional power {k!r}")
+    out[0] = pow(a, k)
+    if isinf(out[0]) and isfinite(a) and isfinite(k):
+        raise OverflowError(f"{a!r} ** {k!r}: numerical result out of range")
+    return 0
+
+cdef inline real_t pow_da(real_t a, real_t k) noexcept nogil:
+    # k * a ** (k - 1) in IEEE pow (inf or nan, never an exception) since a sweep cannot
+    # stop halfway; for k = 2, pow(a, 1) is exactly a, so the call is skipped
+    return 2.0 * a if k == 2.0 else k * pow(a, k - 1.0)
+
+cdef inline void pow_rule(node_t i) noexcept nogil:
+    cdef node_t a = tape.lhs[i]
+    tape.grad[a] += pow_da(tape.value[a], tape.param[i].exponent) * tape.grad[i]
+
+
+# RELU: out = 0 if a < 0 else a (micrograd keeps -0.0 and nan as they are)
+cdef inline real_t relu_forward(real_t a) noexcept nogil:
+    return 0.0 if a < 0.0 else a
+
+cdef inline real_t relu_da(real_t out) noexcept nogil:
+    return <real_t>(out > 0.0)          # a number: 0 * inf must stay nan as in micrograd
+
+cdef inline void relu_rule(node_t i) noexcept nogil:
+    tape.grad[tape.lhs[i]] += relu_da(tape.value[i]) * tape.grad[i]
+
+
+# TANH: out = tanh(a), C's tanh saturating to +-1 instead of overflowing
+cdef inline real_t tanh_forward(real_t a) noexcept nogil:
+    return tanh(a)
+
+cdef inline real_t tanh_da(real_t out) noexcept nogil:
+    return 1.0 - out * out
+
+cdef inline void tanh_rule(node_t i) noexcept nogil:
+    tape.grad[tape.lhs[i]] += tanh_da(tape.value[i]) * tape.grad[i]
+
+
+# EXP: out = exp(a), raising OverflowError as math.exp does
+cdef int exp_forward(real_t a, real_t* out) except -1:
+    out[0] = exp(a)
+    if isinf(out[0]) and isfinite(a):
+        raise OverflowError("math range error")
+    return 0
+
+cdef inline real_t exp_da(real_t out) noexcept nogil:
+    return out
+
+cdef inline void exp_rule(node_t i) noexcept nogil:
+    tape.grad[tape.lhs[i]] += exp_da(tape.value[i]) * tape.grad[i]
+
+
+# AFFINE: out = b + w0 * x0 + w1 * x1 + ..., kids = [n, b, w0, x0, w1, x1, ...]; summed
+# left to right, so the value is micrograd's sum((w * x ...), b) to the last bit
+cdef inline real_t affine_forward(node_t* kids) noexcept nogil:
+    cdef node_t k
+    cdef real_t acc = tape.value[kids[1]]
+    for k in range(2, kids[0], 2):
+        acc = acc + tape.value[kids[k]] * tape.value[kids[k + 1]]
+    return acc
+
+cdef inline real_t affine_dbias() noexcept nogil:
+    return 1.0
+
+cdef inline real_t affine_dw(real_t x) noexcept nogil:
+    return x
+
+cdef inline real_t affine_dx(real_t w) noexcept nogil:
+    return w
+
+cdef inline void affine_rule(node_t i) noexcept nogil:
+    cdef node_t* kids = tape.param[i].kids
+    cdef real_t g = tape.grad[i]
+    cdef node_t k, w, x
+    tape.grad[kids[1]] += affine_dbias() * g
+    for k in range(2, kids[0], 2):
+        w = kids[k]
+        x = kids[k + 1]
+        tape.grad[w] += affine_dw(tape.value[x]) * g
+        tape.grad[x] += affine_dx(tape.value[w]) * g
+
+
+# LOG: out = log(a), raising ValueError for a <= 0 as math.log does
+cdef int log_forward(real_t a, real_t* out) except -1:
+    if a <= 0.0:
+        raise ValueError("math domain error")
+    out[0] = log(a)
+    return 0
+
+cdef inline real_t log_da(real_t a) noexcept nogil:
+    return 1.0 / a
+
+cdef inline void log_rule(node_t i) noexcept nogil:
+    tape.grad[tape.lhs[i]] += log_da(tape.value[tape.lhs[i]]) * tape.grad[i]
+
+
+# SIGMOID: out = 1 / (1 + exp(-a)); for a < 0 as exp(a) / (1 + exp(a)), so that no exp
+# overflows: finite for every finite a, exactly 0 or 1 far out
+cdef inline real_t sigmoid_forward(real_t a) noexcept nogil:
+    cdef real_t e
+    if a >= 0.0:
+        return 1.0 / (1.0 + exp(-a))
+    e = exp(a)
+    return e / (1.0 + e)
+
+cdef inline real_t sigmoid_da(real_t out) noexcept nogil:
+    return out * (1.0 - out)
+
+cdef inline void sigmoid_rule(node_t i) noexcept nogil:
+    tape.grad[tape.lhs[i]] += sigmoid_da(tape.value[i]) * tape.grad[i]
+
+
+# SQRT: out = sqrt(a), raising ValueError for a < 0 as math.sqrt does
+cdef int sqrt_forward(real_t a, real_t* out) except -1:
+    if a < 0.0:
+        raise ValueError("math domain error")
+    out[0] = sqrt(a)
+    return 0
+
+cdef inline real_t sqrt_da(real_t out) noexcept nogil:
+    return 1.0 / (2.0 * out)            # inf at 0
+
+cdef inline void sqrt_rule(node_t i) noexcept nogil:
+    tape.grad[tape.lhs[i]] += sqrt_da(tape.value[i]) * tape.grad[i]
+
+
+# ABS: out = |a|
+cdef inline real_t abs_forward(real_t a) noexcept nogil:
+    return fabs(a)
+
+cdef inline real_t abs_da(real_t a) noexcept nogil:
+    # sign(a): 0 at 0 (a subgradient, PyTorch's choice), nan at nan
+    return a if isnan(a) else <real_t>(a > 0.0) - <real_t>(a < 0.0)
+
+cdef inline void abs_rule(node_t i) noexcept nogil:
+    tape.grad[tape.lhs[i]] += abs_da(tape.value[tape.lhs[i]]) * tape.grad[i]
+
+
+# POWV: out = a ** b, both Values; a must be positive (then the result is real and
+# d/db = out * log(a) exists), else ValueError; overflow raises as for floats. IEEE pow
+# and log in the derivatives: a base made non-positive later (by assigning data) gives
+# nan or inf
+cdef int powv_forward(real_t a, real_t b, real_t* out) except -1:
+    if a <= 0.0:
+        raise ValueError(f"the base of Value ** Value must be positive, not {a!r}")
+    out[0] = pow(a, b)
+    if isinf(out[0]) and isfinite(a) and isfinite(b):
+        raise OverflowError(f"{a!r} ** {b!r}: numerical result out of range")
+    return 0
+
+cdef inline real_t powv_da(real_t a, real_t b) noexcept nogil:
+    return b * pow(a, b - 1.0)
+
+cdef inline real_t powv_db(real_t a, real_t out) noexcept nogil:
+    return out * log(a)
+
+cdef inline void powv_rule(node_t i) noexcept nogil:
+    cdef node_t a = tape.lhs[i], b = tape.rhs[i]
+    cdef real_t g = tape.grad[i]
+    tape.grad[a] += powv_da(tape.value[a], tape.value[b]) * g
+    tape.grad[b] += powv_db(tape.value[a], tape.value[i]) * g
+
+
+# LEAF and CUSTOM have no built-in rule: a CUSTOM node's rule is its Python _backward,
+# which the node's handle holds (HAS_FN), as any node's assigned _backward is.
+
+
+# ---------------------------------------------------------------------- dispatchers
+# Every dispatcher names every op; its default branch is a bug: it stops the process in
+# the debug build and is unreachable in a release build.
+
+cdef inline void unknown_op(node_t i) noexcept nogil:
+    invariant(False, b"a dispatcher got an op code it has no case for")
+    unreachable()
+
+
+# FASTGRAD_TRACE=1 in the environment of a debug build prints every node a sweep applies
+cdef bint tracing = DEBUG and getenv(b"FASTGRAD_TRACE") != NULL
+
+
+cdef inline void trace(const char* what, node_t i) noexcept nogil:
+    if DEBUG and tracing:
+        fprintf(stderr, b"fastgrad %s: node %d op %d value %.17g grad %.17g\n",
+                what, i, <int>tape.op[i], tape.value[i], tape.grad[i])
+
+
+cdef void apply_extension_rule(node_t i) noexcept nogil:
+    """The rules of the ops beyond micrograd's, out of line: apply_builtin_rule, inlined
+    into every sweep, stays small (inlined, it is ~2 ns/node faster on micrograd's ops)."""
+    cdef uint8_t o = tape.op[i]
+    if o == AFFINE:
+        affine_rule(i)
+    elif o == LOG:
+        log_rule(i)
+    elif o == SIGMOID:
+        sigmoid_rule(i)
+    elif o == SQRT:
+        sqrt_rule(i)
+    elif o == ABS:
+        abs_rule(i)
+    elif o == POWV:
+        powv_rule(i)
+    elif o == CUSTOM:
+        pass                            # (a CUSTOM node without a Python _backward)
+    else:
+        unknown_op(i)
+
+
+cdef inline void apply_builtin_rule(node_t i) noexcept nogil:
+    """Node i's built-in rule (never Python code)."""
+    cdef uint8_t o = tape.op[i]
+    check_node(i)
+    trace(b"rule", i)
+    if o == ADD:
+        add_rule(i)
+    elif o == MUL:
+        mul_rule(i)
+    elif o == POW:
+        pow_rule(i)
+    elif o == RELU:
+        relu_rule(i)
+    elif o == TANH:
+        tanh_rule(i)
+    elif o == EXP:
+        exp_rule(i)
+    elif o != LEAF:
+        apply_extension_rule(i)
+
+
+cdef int apply_rule(node_t i) except -1:
+    """Node i's rule: its Python _backward if it holds one (any op, as in micrograd),
+    else its op's."""
+    cdef Value h
+    if tape.flags[i] & HAS_FN:
+        check_node(i)
+        trace(b"python rule", i)
+        h = <Value>tape.handle[i]
+        h._fn()
+    else:
+        apply_builtin_rule(i)
+    return 0
+
+
+cdef inline int replay_forward(Step* e) except -1:
+    """Re-evaluates e's node from its children's values and records e's derivatives."""
+    cdef real_t a = tape.value[e.lhs], b, out
+    cdef real_t* result = &tape.value[e.node]
+    cdef int32_t o = e.op
+    if o == ADD:
+        result[0] = add_forward(a, tape.value[e.rhs])
+        e.dl = add_da()
+        e.dr = add_db()
+    elif o == MUL:
+        b = tape.value[e.rhs]
+        result[0] = mul_forward(a, b)
+        e.dl = mul_da(b)
+        e.dr = mul_db(a)
+    elif o == POW:
+        pow_forward(a, tape.param[e.node].exponent, result)
+        e.dl = pow_da(a, tape.param[e.node].exponent)
+    elif o == RELU:
+        out = result[0] = relu_forward(a)
+        e.dl = relu_da(out)
+    elif o == TANH:
+        out = result[0] = tanh_forward(a)
+        e.dl = tanh_da(out)
+    elif o == EXP:
+        exp_forward(a, result)
+        e.dl = exp_da(result[0])
+    elif o == AFFINE:                   # (its rule is applied whole: affine_rule)
+        result[0] = affine_forward(tape.param[e.node].kids)
+    elif o == LOG:
+        log_forward(a, result)
+        e.dl = log_da(a)
+    elif o == SIGMOID:
+        out = result[0] = sigmoid_forward(a)
+        e.dl = sigmoid_da(out)
+    elif o == SQRT:
+        sqrt_forward(a, result)
+        e.dl = sqrt_da(result[0])
+    elif o == ABS:
+        result[0] = abs_forward(a)
+        e.dl = abs_da(a)
+    elif o == POWV:
+        b = tape.value[e.rhs]
+        powv_forward(a, b, result)
+        e.dl = powv_da(a, b)
+        e.dr = powv_db(a, result[0])
+    else:                               # (LEAF and CUSTOM nodes are not steps)
+        unknown_op(e.node)
+    return 0

@@ -1,0 +1,178 @@
+# Making nodes from Python operands: numbers, handles, no_grad. (Part of _core.pyx.)
+
+cdef tuple _SYMBOL = tuple(_SYMBOL_BY_OP[op] for op in range(COUNT))   # `_op` by code
+
+# no_grad: while the calling thread is inside a no_grad block (fastgrad.no_grad), ops make
+# leaves holding their values, with no children. The depth of nesting is per thread, in
+# thread-specific storage; _no_grad_threads counts the threads inside a block, so that an
+# op looks the depth up only while some thread is.
+cdef Py_tss_t _no_grad_depth
+cdef Py_ssize_t _no_grad_threads = 0
+if PyThread_tss_create(&_no_grad_depth) != 0:
+    raise MemoryError("fastgrad: cannot create thread-specific storage")
+
+
+cdef inline bint recording() noexcept:
+    return _no_grad_threads == 0 or PyThread_tss_get(&_no_grad_depth) == NULL
+
+
+def _enter_no_grad():
+    global _no_grad_threads
+    cdef Py_ssize_t depth = <Py_ssize_t>PyThread_tss_get(&_no_grad_depth)
+    if PyThread_tss_set(&_no_grad_depth, <void*>(depth + 1)) != 0:
+        raise MemoryError("fastgrad: cannot set thread-specific storage")
+    if depth == 0:
+        _no_grad_threads += 1
+
+
+def _exit_no_grad():
+    global _no_grad_threads
+    cdef Py_ssize_t depth = <Py_ssize_t>PyThread_tss_get(&_no_grad_depth)
+    if depth == 0:
+        raise RuntimeError("no_grad exited more often than entered")
+    PyThread_tss_set(&_no_grad_depth, <void*>(depth - 1))   # (lowering never allocates)
+    if depth == 1:
+        _no_grad_threads -= 1
+
+
+def _is_grad_enabled():
+    return recording()
+
+
+# ------------------------------------------------------------------------- operands
+
+cdef inline int as_real(object x, real_t* out) except -1:
+    """Reads a number into out: 1 on success, 0 if x is not a number (the operator then
+    returns NotImplemented), -1 with an exception set for numbers that do not fit."""
+    cdef PyNumberMethods* nb
+    if PyFloat_CheckExact(x):
+        out[0] = PyFloat_AS_DOUBLE(x)
+        return 1
+    if PyFloat_Check(x) or PyLong_Check(x):
+        out[0] = PyFloat_AsDouble(x)
+        return 1
+    nb = Py_TYPE(x).tp_as_number
+    if nb == NULL or (nb.nb_float == NULL and nb.nb_index == NULL):
+        return 0
+    try:
+        out[0] = PyFloat_AsDouble(x)     # __float__ or __index__, as float(x) minus strings
+    except TypeError:
+        return 0
+    return 1
+
+
+cdef real_t real_or_raise(object x, str what) except? -1.0:
+    cdef real_t r
+    if not as_real(x, &r):
+        raise TypeError(f"{what} must be a real number, not {type(x).__name__!r}")
+    return r
+
+
+cdef inline Value new_handle():
+    # Handles hold no references that can form cycles, unless a Python _backward is
+    # assigned (then the setter tracks them); they stay out of the cyclic GC until then.
+    cdef Value h = Value.__new__(Value)
+    PyObject_GC_UnTrack(h)
+    return h
+
+
+cdef inline Value attach(Value h, node_t i):
+    h.slot = i
+    tape.handle[i] = <PyObject*>h
+    tape.refs[i] += 1
+    return h
+
+
+cdef Value handle_of(node_t i):
+    """The live handle of slot i, made if it has none (one handle per slot at most)."""
+    if tape.handle[i] != NULL:
+        return <Value>tape.handle[i]
+    return attach(new_handle(), i)
+
+
+cdef object binary(uint8_t op, Value a, object b):
+    """a (op) b for ADD and MUL; a number b becomes a leaf node, as in micrograd."""
+    cdef real_t x
+    cdef node_t lhs = check_slot(a), rhs
+    cdef Value h
+    if type(b) is Value:
+        rhs = check_slot(<Value>b)
+        x = tape.value[rhs]
+    elif not as_real(b, &x):
+        return NotImplemented
+    else:
+        rhs = -1
+    h = new_handle()
+    reserve(2)
+    if not recording():
+        return attach(h, push(LEAF, add_forward(tape.value[lhs], x) if op == ADD else
+                              mul_forward(tape.value[lhs], x), -1, -1))
+    if rhs < 0:
+        rhs = push(LEAF, x, -1, -1)
+    if op == ADD:
+        return attach(h, push(ADD, add_forward(tape.value[lhs], x), lhs, rhs))
+    return attach(h, push(MUL, mul_forward(tape.value[lhs], x), lhs, rhs))
+
+
+cdef object unary(uint8_t op, real_t value, Value a):
+    """A new node op(a) of the given value (a leaf under no_grad)."""
+    cdef Value h = new_handle()
+    reserve(1)
+    if not recording():
+        return attach(h, push(LEAF, value, -1, -1))
+    return attach(h, push(op, value, a.slot, -1))
+
+
+cdef object power_of_values(Value a, Value b):
+    cdef real_t r
+    cdef Value h
+    powv_forward(tape.value[check_slot(a)], tape.value[check_slot(b)], &r)
+    h = new_handle()
+    reserve(1)
+    if not recording():
+        return attach(h, push(LEAF, r, -1, -1))
+    return attach(h, push(POWV, r, a.slot, b.slot))
+
+
+cdef inline node_t check_slot(Value v) except -1:
+    if v.slot < 0:
+        raise ValueError("this Value was never initialised (made by Value.__new__)")
+    return v.slot
+
+
+cdef bint all_values_or_reals(list w, list x, Py_ssize_t n):
+    """Whether w[:n] are Values and x[:n] Values or plain numbers (the fast path)."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        if type(w[k]) is not Value:
+            return False
+        if not (type(x[k]) is Value or PyFloat_Check(x[k]) or PyLong_Check(x[k])):
+            return False
+    return True
+
+
+cdef int read_terms(Value start, list w, list x, Py_ssize_t n, real_t* number) except -1:
+    """Checks the handles of start + w[k] * x[k] ... and reads its number operands into
+    number[k]: all of a sum of products' work that can fail."""
+    cdef Py_ssize_t k
+    check_slot(start)
+    for k in range(n):
+        check_slot(<Value>w[k])
+        if type(x[k]) is Value:
+            check_slot(<Value>x[k])
+        else:
+            number[k] = x[k]
+    return 0
+
+
+cdef object python_sum_of_products(start, list w, list x):
+    # what Value._sum_of_products stands for, for operands the fast path does not take
+    act = start
+    for wi, xi in zip(w, x):
+        act = act + wi * xi
+    return act
+
+
+cdef inline bint is_empty(object s):
+    # the constructor's '' defaults; any other object (even one whose == is odd) is kept
+    return type(s) is str and len(<str>s) == 0

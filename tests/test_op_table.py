@@ -1,0 +1,91 @@
+"""Every op of the example table (op_examples.py), checked the same way: its value and
+grads against the closed form on every operand combination, gradcheck against finite
+differences, the compiled engine against the reference, and on the compiled engine the
+replay against the rules' sweep and a rebuilt graph, to the bit. A new op is covered by
+all of them as soon as it has a row."""
+import struct
+
+import pytest
+
+from fastgrad import gradcheck, reference
+from op_examples import EXAMPLES, build_example, operand_combinations
+
+REL, ABS = 1e-12, 1e-15
+OPS = sorted(EXAMPLES, key=int)
+CASES = [(op, c) for op in OPS for c in range(len(EXAMPLES[op].cases))]
+ids = lambda oc: f"{oc[0].name}-{oc[1]}"
+
+
+def bits(x):
+    return struct.pack("<d", x)
+
+
+@pytest.mark.parametrize("op_case", CASES, ids=ids)
+def test_closed_form(engine, op_case):
+    op, case = op_case
+    row = EXAMPLES[op]
+    xs, k = row.cases[case]
+    for operands, leaves in operand_combinations(engine.Value, op, case):
+        out = row.make(engine.Value, operands, k)
+        out.backward()
+        assert out.data == pytest.approx(row.value(xs, k), rel=REL, abs=ABS)
+        for leaf, expected in zip(leaves, row.grads(xs, k)):
+            if leaf is not None:
+                assert leaf.grad == pytest.approx(expected, rel=REL, abs=ABS), op.name
+
+
+@pytest.mark.parametrize("op_case", CASES, ids=ids)
+def test_gradcheck(engine, op_case):
+    op, case = op_case
+    row = EXAMPLES[op]
+    xs, k = row.cases[case]
+    if op.name == "RELU" or op.name == "ABS":
+        # (both kinks are at 0, away from every case)
+        assert all(abs(x) > 1e-3 for x in xs)
+    f = lambda *vs: row.make(engine.Value, list(vs), k) * 1.0
+    assert gradcheck(f, [engine.Value(x) for x in xs])
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("op_case", CASES, ids=ids)
+def test_compiled_equals_reference(op_case):
+    core = pytest.importorskip("fastgrad._core")
+    op, case = op_case
+    got = []
+    for V in (core.Value, reference.Value):
+        leaves, node = build_example(V, op, case)
+        out = node * 1.5
+        out.backward()
+        got.append([bits(node.data), bits(out.data)] + [bits(v.grad) for v in leaves]
+                   + [node._op, len(node._prev)])
+    assert got[0] == got[1]
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("op_case", [oc for oc in CASES if EXAMPLES[oc[0]].replayable], ids=ids)
+def test_replay_equals_rules_and_rebuilding(op_case):
+    # the replay re-evaluates from new leaf data (== the graph built again from it, to the
+    # bit), and the backward right after it applies the recorded derivatives (== the rules'
+    # sweep from the same values, to the bit)
+    core = pytest.importorskip("fastgrad._core")
+    op, case = op_case
+    row = EXAMPLES[op]
+    xs, k = row.cases[case]
+    moved = [x * 1.0625 for x in xs]            # (stays inside every case's domain)
+    leaves, node = build_example(core.Value, op, case)
+    root = (node * node + node).tanh()
+    root.backward()
+    for v, x in zip(leaves, moved):
+        v.data = x
+    root.recompute()
+    assert core._test_replay_current(root)
+    fresh_leaves = [core.Value(x) for x in moved]
+    fresh_node = row.make(core.Value, fresh_leaves, k)
+    fresh = (fresh_node * fresh_node + fresh_node).tanh()
+    assert (bits(node.data), bits(root.data)) == (bits(fresh_node.data), bits(fresh.data))
+    for v in leaves:
+        v.grad = 0.0
+    root.backward()                             # the replay's sweep
+    fresh.backward()                            # the rules' sweep
+    assert [bits(v.grad) for v in leaves] == [bits(v.grad) for v in fresh_leaves]
+    assert core._test_scratch_clear()
