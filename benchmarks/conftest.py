@@ -13,11 +13,11 @@ ENGINES = W.engines()
 
 
 def bench(benchmark, workload, engine_name):
-    if engine_name != "float" and engine_name not in ENGINES:
+    if engine_name not in ENGINES:
         pytest.skip(f"{engine_name} is not installed")
     if engine_name not in workload.engines:
-        pytest.skip(f"{workload.name} does not run on {engine_name}")
-    engine = "float" if engine_name == "float" else ENGINES[engine_name]
+        pytest.skip(f"{workload.name} does not run on {engine_name} (workloads.RUNS)")
+    engine = ENGINES[engine_name]
     benchmark.group = workload.name
     benchmark.extra_info.update(engine=engine_name, unit=workload.unit, per=workload.per)
     states = []

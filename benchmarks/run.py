@@ -56,11 +56,9 @@ def run_workload(workload, available, only):
     for name in order:
         if only and name not in only:
             continue
-        if name != "float" and name not in available:
+        if name not in available:
             continue
-        engine = "float" if name == "float" else available[name]
-        if name == "torch" and workload.name not in ("ops", "backward", "mlp-step", "ops-no-grad", "ext-ops"):
-            continue
+        engine = available[name]
         rounds = workload.rounds.get(name, 3)
         log(f"  {workload.name:<11} {name:<10} {rounds} rounds ...")
         entry = {"rounds": rounds}
@@ -310,7 +308,7 @@ def main():
     args = p.parse_args()
 
     available = W.engines()
-    log(f"engines: {', '.join(['float'] + list(available))}")
+    log(f"engines: {', '.join(available)}")
     if "micrograd" not in available:
         log("  (upstream micrograd is not installed: pip install micrograd==0.1.0)")
     names = args.workloads or list(W.WORKLOADS) + ["memory", "scale"]

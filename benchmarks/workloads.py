@@ -9,6 +9,9 @@ A workload is prepared once per engine and then run in rounds: `setup()` builds 
 round needs outside the timer, `run(state)` is what is timed, and `result(state)` gives
 the numbers that are compared with the reference engine's (a fast wrong answer is flagged).
 """
+import contextlib
+import functools
+import gc
 import math
 import random
 
@@ -29,6 +32,8 @@ except ImportError:
 
 
 # ------------------------------------------------------------------------------ engines
+# Every engine is an adapter: the workloads drive them all through the same methods, and
+# RUNS (below the workloads) is the one table of which engine runs which workload.
 
 def lecture_unary(Value, fn, dfn, name):
     """An op added to a Value class the way the lecture adds tanh: a node whose Python
@@ -45,45 +50,138 @@ def lecture_unary(Value, fn, dfn, name):
 
 
 class Engine:
-    """A Value class plus how its tanh and exp are called."""
-    def __init__(self, name, Value, tanh=None, exp=None):
-        self.name = name
+    """A scalar autograd engine as the workloads see it: leaves, the ops, numbers read
+    back, no_grad, and micrograd's demo model and step."""
+    name = ""
+
+    def __init__(self, Value):
         self.Value = Value
-        self.tanh = tanh or Value.tanh
-        self.exp = exp or Value.exp
+
+    def tanh(self, v):
+        return v.tanh()
+
+    def exp(self, v):
+        return v.exp()
+
+    def data(self, v):
+        return float(v.data)
+
+    def grad(self, v):
+        return 0.0 if v.grad is None else float(v.grad)
+
+    def no_grad(self):
+        import fastgrad
+        return fastgrad.no_grad()
+
+    def run_ops(self, steps, nodes):
+        return run_values(steps, nodes, self.tanh, self.exp)
+
+    def mlp(self, fused=False):
+        """micrograd's demo model, MLP(2, [16, 16, 1]), on seed 1337's draws."""
+        random.seed(1337)
+        return nn.using(self.Value).MLP(2, [16, 16, 1], fused=fused)
+
+    def demo_step(self, model, X, y):
+        demo.step(model, X, y, 0, Value=self.Value)
+
+    def weights(self, model):
+        return [float(p.data) for p in model.parameters()]
+
+
+class Fastgrad(Engine):
+    name = "fastgrad"
+
+
+class Reference(Engine):
+    name = "reference"
+
+
+class Micrograd(Engine):
+    """Upstream micrograd: tanh and exp added the lecture's way, its own nn."""
+    name = "micrograd"
+
+    def __init__(self):
+        V = micrograd.engine.Value
+        super().__init__(V)
+        self.tanh = lecture_unary(V, math.tanh, lambda t, x: 1 - t * t, "tanh")
+        self.exp = lecture_unary(V, math.exp, lambda t, x: t, "exp")
+
+    def mlp(self, fused=False):
+        random.seed(1337)
+        return micrograd.nn.MLP(2, [16, 16, 1])
+
+
+class Floats(Engine):
+    """The floor: the same forward arithmetic on plain Python floats, no graph."""
+    name = "float"
+
+    def __init__(self):
+        super().__init__(float)
+
+    def data(self, v):
+        return v
+
+    def no_grad(self):
+        return contextlib.nullcontext()
+
+    def run_ops(self, steps, nodes):
+        return run_floats(steps, nodes)
+
+
+class Torch(Engine):
+    """PyTorch: 0-dim float64 tensors for the graph workloads, batched tensors for the
+    demo step (what a tensor library does with this model)."""
+    name = "torch"
+
+    def __init__(self):
+        super().__init__(lambda x: torch.tensor(float(x), dtype=torch.float64, requires_grad=True))
+        self.tanh, self.exp = torch.tanh, torch.exp
+        self.batches = {}               # the demo's data as tensors, made once (untimed)
+
+    def data(self, v):
+        return v.item()
+
+    def grad(self, v):
+        return 0.0 if v.grad is None else v.grad.item()
+
+    def no_grad(self):
+        return torch.no_grad()
+
+    def mlp(self, fused=False):
+        m = Reference(reference.Value).mlp()          # the same weights, as tensors
+        W = []
+        for layer in m.layers:
+            w = torch.tensor([[p.data for p in n.w] for n in layer.neurons],
+                             dtype=torch.float64, requires_grad=True)
+            b = torch.tensor([n.b.data for n in layer.neurons],
+                             dtype=torch.float64, requires_grad=True)
+            W.append((w, b))
+        return W
+
+    def mlp_data(self, X, y):
+        key = (id(X), id(y))
+        if key not in self.batches:
+            self.batches[key] = (torch.tensor(X, dtype=torch.float64),
+                                 torch.tensor(y, dtype=torch.float64))
+        return self.batches[key]
+
+    def demo_step(self, W, X, y):
+        torch_mlp_step(W, *self.mlp_data(X, y))
+
+    def weights(self, W):                 # in parameters() order: each neuron's w, then b
+        return [x for w, b in W for row, bias in zip(w.tolist(), b.tolist()) for x in row + [bias]]
 
 
 def engines():
-    """The engines available here, by name; 'float' is handled by each workload."""
+    """The engines available here, by name."""
     from fastgrad import _core
-    found = {
-        "fastgrad": Engine("fastgrad", _core.Value),
-        "reference": Engine("reference", reference.Value),
-    }
+    found = {"float": Floats(), "fastgrad": Fastgrad(_core.Value),
+             "reference": Reference(reference.Value)}
     if micrograd is not None:
-        V = micrograd.engine.Value
-        found["micrograd"] = Engine(
-            "micrograd", V,
-            tanh=lecture_unary(V, math.tanh, lambda t, x: 1 - t * t, "tanh"),
-            exp=lecture_unary(V, math.exp, lambda t, x: t, "exp"))
+        found["micrograd"] = Micrograd()
     if torch is not None:
-        def scalar(x):
-            return torch.tensor(float(x), dtype=torch.float64, requires_grad=True)
-        found["torch"] = Engine("torch", scalar, tanh=torch.tanh, exp=torch.exp)
+        found["torch"] = Torch()
     return found
-
-
-def grad_of(v):
-    g = v.grad
-    if torch is not None and isinstance(g, torch.Tensor):
-        return g.item()
-    return 0.0 if g is None else float(g)
-
-
-def data_of(v):
-    if torch is not None and isinstance(v, torch.Tensor):
-        return v.item()
-    return float(v.data) if not isinstance(v, float) else v
 
 
 # ---------------------------------------------------------------------------------- ops
@@ -180,12 +278,45 @@ def run_floats(steps, nodes):
     return nodes
 
 
+def settled_live_nodes():
+    """The compiled arena's live nodes once garbage is gone. (A dead graph of lecture-style
+    ops goes one level per collection: the tape holds each such node's handle while a
+    parent lives, and the handle's closure holds the node.)"""
+    from fastgrad import _core
+    live = None
+    while live != _core._tape_stats()["live"]:
+        live = _core._tape_stats()["live"]
+        gc.collect()
+    return live
+
+
 class Workload:
+    """A named workload: setup(engine) outside the timer, run(state) timed,
+    result(state) compared with the reference engine's answer."""
     name = unit = ""
-    per = 1.0            # divide a round's seconds by this ...
-    scale = 1.0          # ... then multiply by this to get `unit`
-    engines = ("fastgrad", "reference", "micrograd", "torch")
+    scale = 1.0          # a round's seconds / per * scale is in `unit`
+    counts = None        # what `per` counts, measured on the compiled engine: the nodes
+                         # run() makes ("made"), those reachable from root(state)
+                         # ("reachable"); None: per is 1, or set by the workload
     rounds = {"fastgrad": 7, "reference": 3, "micrograd": 3, "torch": 3, "float": 7}
+
+    @property
+    def engines(self):
+        return RUNS[self.name]
+
+    @functools.cached_property
+    def per(self):
+        """What a round's seconds are divided by: nodes, counted on the compiled engine
+        (its arena's live nodes before and after), not by hand."""
+        if self.counts is None:
+            return 1
+        from fastgrad.viz import trace
+        state = self.setup(engines()["fastgrad"])
+        before = settled_live_nodes()
+        if self.counts == "reachable":
+            return len(trace(self.root(state))[0])
+        self.run(state)
+        return settled_live_nodes() - before
 
     def setup(self, engine):
         raise NotImplementedError
@@ -199,58 +330,47 @@ class Workload:
 
 class Ops(Workload):
     """Forward: build the 200k-node mixed-op graph (ns per node made by an op)."""
-    name, unit, scale = "ops", "ns/op", 1e9
-    engines = ("float", "fastgrad", "reference", "micrograd", "torch")
+    name, unit, scale, counts = "ops", "ns/op", 1e9, "made"
 
     def __init__(self, n_nodes=200_000):
-        self.leaves, self.steps, self.root = ops_program(n_nodes)
-        self.per = len(self.steps)
+        self.leaves, self.steps, self.root_index = ops_program(n_nodes)
 
     def setup(self, engine):
-        if engine == "float":
-            return engine, list(self.leaves)
         return engine, [engine.Value(x) for x in self.leaves]
 
     def run(self, state):
         engine, nodes = state
-        if engine == "float":
-            run_floats(self.steps, nodes)
-        else:
-            run_values(self.steps, nodes, engine.tanh, engine.exp)
+        engine.run_ops(self.steps, nodes)
 
     def result(self, state):
         engine, nodes = state
-        return [data_of(nodes[self.root])]
+        return [engine.data(nodes[self.root_index])]
 
 
 class Backward(Ops):
     """backward() on the ops graph, rebuilt outside the timer each round (ns per node)."""
-    name, unit = "backward", "ns/node"
-    engines = ("fastgrad", "reference", "micrograd", "torch")
-
-    def __init__(self, n_nodes=200_000):
-        super().__init__(n_nodes)
-        self.per = len(self.steps) + len(self.leaves)
+    name, unit, counts = "backward", "ns/node", "reachable"
 
     def setup(self, engine):
         engine, nodes = super().setup(engine)
-        run_values(self.steps, nodes, engine.tanh, engine.exp)
+        engine.run_ops(self.steps, nodes)
         return engine, nodes
 
+    def root(self, state):
+        return state[1][self.root_index]
+
     def run(self, state):
-        engine, nodes = state
-        nodes[self.root].backward()
+        self.root(state).backward()
 
     def result(self, state):
         engine, nodes = state
-        return [grad_of(v) for v in nodes[:N_LEAVES]]
+        return [engine.grad(v) for v in nodes[:N_LEAVES]]
 
 
 # ----------------------------------------------------------------------------- mlp-step
 
-def torch_mlp_step(state):
-    """The same step as batched tensors: what a tensor library does with this model."""
-    W, X, y, k = state["W"], state["X"], state["y"], 0
+def torch_mlp_step(W, X, y, k=0):
+    """micrograd's demo step as batched tensors: what a tensor library does with this model."""
     h = X
     for n, (w, b) in enumerate(W):
         h = h @ w.T + b
@@ -275,63 +395,37 @@ def torch_mlp_step(state):
 class MlpStep(Workload):
     """One training step of micrograd's moons demo: 100 points, MLP(2, [16, 16, 1])."""
     name, unit, scale = "mlp-step", "ms/step", 1e3
-    engines = ("fastgrad", "reference", "micrograd", "torch")
     rounds = {"fastgrad": 7, "reference": 3, "micrograd": 3, "torch": 21}
 
     def __init__(self):
         self.X, self.y = make_moons(100, 0.1, seed=1337)
 
-    def model(self, engine):
-        random.seed(1337)
-        if engine.name == "micrograd":
-            return micrograd.nn.MLP(2, [16, 16, 1])
-        return nn.using(engine.Value).MLP(2, [16, 16, 1])
-
     def setup(self, engine):
         if engine.name == "torch":
-            m = self.model(engines()["reference"])      # same weights, as tensors
-            W = []
-            for layer in m.layers:
-                w = torch.tensor([[p.data for p in n.w] for n in layer.neurons],
-                                 dtype=torch.float64, requires_grad=True)
-                b = torch.tensor([n.b.data for n in layer.neurons],
-                                 dtype=torch.float64, requires_grad=True)
-                W.append((w, b))
-            return engine, {"W": W, "X": torch.tensor(self.X, dtype=torch.float64),
-                            "y": torch.tensor(self.y, dtype=torch.float64)}
-        return engine, self.model(engine)
+            engine.mlp_data(self.X, self.y)     # (its tensors, made outside the timer)
+        return engine, engine.mlp()
 
     def run(self, state):
         engine, model = state
-        if engine.name == "torch":
-            model["loss"] = torch_mlp_step(model)
-        else:
-            demo.step(model, self.X, self.y, 0, Value=engine.Value)
+        engine.demo_step(model, self.X, self.y)
 
     def result(self, state):
         engine, model = state
-        if engine.name == "torch":       # in parameters() order: each neuron's w, then b
-            return [x for w, b in model["W"]
-                    for row, bias in zip(w.tolist(), b.tolist()) for x in row + [bias]]
-        # the weights after the step: they depend on every grad
-        return [float(p.data) for p in model.parameters()]
+        return engine.weights(model)        # after the step: they depend on every grad
 
 
 class MlpReplay(MlpStep):
     """The same demo step on a graph built once: recompute(), zero_grad, backward, SGD."""
     name = "mlp-replay"
-    engines = ("fastgrad", "reference")
     compare_to = "mlp-step"             # micrograd has no replay: its rebuilding step
     rounds = {"fastgrad": 21, "reference": 3}
 
+    fused = False
+
     def setup(self, engine):
         from fastgrad import optim
-        model = self.model(engine)
-        V = engine.Value
-        inputs = [list(map(V, xrow)) for xrow in self.X]
-        scores = list(map(model, inputs))
-        losses = [(1 + -yi * si).relu() for yi, si in zip(self.y, scores)]
-        loss = sum(losses) * (1.0 / len(losses)) + 1e-4 * sum((p * p for p in model.parameters()))
+        model = engine.mlp(fused=self.fused)
+        loss, _ = demo.build(model, self.X, self.y, Value=engine.Value)
         # untimed, as a replay loop's first step: backward() orders the graph and the first
         # recompute() builds its replay (steady state is what a long loop runs at)
         loss.backward()
@@ -346,33 +440,27 @@ class MlpReplay(MlpStep):
         opt.step()
 
     def result(self, state):
-        return [float(p.data) for p in state[1][0].parameters()]
+        return state[0].weights(state[1][0])
 
 
 class MlpReplayFused(MlpReplay):
     """mlp-replay with MLP(..., fused=True): one 'affine' node per neuron."""
-    name = "mlp-replay-fused"
-
-    def model(self, engine):
-        random.seed(1337)
-        return nn.using(engine.Value).MLP(2, [16, 16, 1], fused=True)
+    name, fused = "mlp-replay-fused", True
 
 
 class OpsReplay(Backward):
     """recompute() and backward() together on the ops graph, built once (ns per node)."""
     name = "ops-replay"
-    engines = ("fastgrad", "reference")
 
     def setup(self, engine):
-        engine, nodes = super().setup(engine)
-        nodes[self.root].backward()     # untimed, as mlp-replay's setup
-        nodes[self.root].recompute()
-        return engine, nodes
+        state = super().setup(engine)
+        self.root(state).backward()     # untimed, as mlp-replay's setup
+        self.root(state).recompute()
+        return state
 
     def run(self, state):
-        engine, nodes = state
-        nodes[self.root].recompute()
-        nodes[self.root].backward()
+        self.root(state).recompute()
+        self.root(state).backward()
 
 
 # ------------------------------------------------------------------------- chain, wide
@@ -380,7 +468,6 @@ class OpsReplay(Backward):
 class Chain(Workload):
     """x = x * 1.0001 + 0.5, 100k times, then backward (build and backward, ms)."""
     name, unit, scale = "chain", "ms", 1e3
-    engines = ("fastgrad", "reference", "micrograd")
     rounds = {"fastgrad": 5, "reference": 3, "micrograd": 1}
 
     def __init__(self, steps=100_000):
@@ -398,13 +485,12 @@ class Chain(Workload):
         y.backward()
 
     def result(self, state):
-        return [grad_of(state[1][0])]
+        return [state[0].grad(state[1][0])]
 
 
 class Wide(Workload):
     """sum() of 1M leaves, then backward (build and backward, ms)."""
     name, unit, scale = "wide", "ms", 1e3
-    engines = ("fastgrad", "reference", "micrograd")
     rounds = {"fastgrad": 5, "reference": 1, "micrograd": 1}
 
     def __init__(self, n=1_000_000):
@@ -421,8 +507,8 @@ class Wide(Workload):
         state[1].append(s)
 
     def result(self, state):
-        leaves = state[1]
-        return [grad_of(leaves[0]), grad_of(leaves[-2]), data_of(leaves[-1])]
+        engine, leaves = state
+        return [engine.grad(leaves[0]), engine.grad(leaves[-2]), engine.data(leaves[-1])]
 
 
 class LectureOp(Workload):
@@ -431,13 +517,11 @@ class LectureOp(Workload):
 
     Shows what a custom op costs in the compiled sweep, which calls back into Python.
     Shallow enough for micrograd's recursive backward."""
-    name, unit, scale = "lecture-op", "ns/node", 1e9
-    engines = ("fastgrad", "reference", "micrograd")
+    name, unit, scale, counts = "lecture-op", "ns/node", 1e9, "reachable"
     rounds = {"fastgrad": 5, "reference": 3, "micrograd": 3}
 
     def __init__(self, chains=1000, depth=10):
         self.chains, self.depth = chains, depth
-        self.per = chains * (1 + 3 * depth) + chains - 1   # leaf, then 1.5, '*', tanh per step
 
     def setup(self, engine):
         V = engine.Value
@@ -454,25 +538,23 @@ class LectureOp(Workload):
                 (level[-1:] if len(level) % 2 else [])
         return engine, leaves + level
 
+    def root(self, state):
+        return state[1][-1]
+
     def run(self, state):
-        state[1][-1].backward()
+        self.root(state).backward()
 
     def result(self, state):
-        return [grad_of(v) for v in state[1][:-1:97]]
+        return [state[0].grad(v) for v in state[1][:-1:97]]
 
 
 class OpsNoGrad(Ops):
     """The ops program under no_grad (fastgrad.no_grad, torch.no_grad): values only, no
     graph recorded (ns per op; compare with the `ops` row)."""
     name = "ops-no-grad"
-    engines = ("float", "fastgrad", "reference", "torch")
 
     def run(self, state):
-        engine = state[0]
-        if engine == "float":
-            return super().run(state)
-        import fastgrad
-        with (torch.no_grad() if engine.name == "torch" else fastgrad.no_grad()):
+        with state[0].no_grad():
             super().run(state)
 
 
@@ -487,17 +569,12 @@ def ext_program(n_steps=50_000, seed=3):
 class ExtOps(Workload):
     """log, sigmoid, sqrt, abs and Value ** Value in a 50k-step program reusing earlier
     nodes, built and backpropagated (ns per node made)."""
-    name, unit, scale = "ext-ops", "ns/node", 1e9
-    engines = ("fastgrad", "reference", "torch")
+    name, unit, scale, counts = "ext-ops", "ns/node", 1e9, "made"
 
     def __init__(self):
         rnd = random.Random(4)
         self.leaves = [rnd.uniform(-1, 1) for _ in range(N_LEAVES)]
         self.steps = ext_program()
-        # nodes per step: log: abs, 1.0, '+', log; sigmoid: '*', sigmoid;
-        # sqrt: '*', 0.5, '+', sqrt; powv: abs, 0.5, '+', sigmoid, '**'
-        made = {"log": 4, "sigmoid": 2, "sqrt": 4, "powv": 5}
-        self.per = sum(made[op] for op, _, _ in self.steps)
 
     def setup(self, engine):
         return engine, [engine.Value(x) for x in self.leaves]
@@ -521,18 +598,17 @@ class ExtOps(Workload):
         total.backward()
 
     def result(self, state):
-        return [grad_of(v) for v in state[1][:N_LEAVES]]
+        return [state[0].grad(v) for v in state[1][:N_LEAVES]]
 
 
 class SoftmaxCrossEntropy(Workload):
     """functional.cross_entropy over 10 logits made from 4 inputs, forward and backward,
     for 200 samples (microseconds per sample)."""
     name, unit, scale = "softmax-ce", "us/sample", 1e6
-    engines = ("fastgrad", "reference")
 
     def __init__(self, samples=200):
         rnd = random.Random(5)
-        self.per = samples
+        self.per = samples              # (per sample, not per node)
         self.data = [([rnd.uniform(-3, 3) for _ in range(4)], rnd.randrange(10))
                      for _ in range(samples)]
         self.w = [[rnd.uniform(-1, 1) for _ in range(4)] for _ in range(10)]
@@ -548,8 +624,26 @@ class SoftmaxCrossEntropy(Workload):
             cross_entropy(logits, target).backward()
 
     def result(self, state):
-        return [grad_of(v) for row in state[1] for v in row]
+        return [state[0].grad(v) for row in state[1] for v in row]
 
+
+# Which engine runs which workload: the one table (micrograd has none of the replay and
+# extension ops; plain floats only compute forward passes; torch runs the workloads a
+# tensor library has a like of).
+RUNS = {
+    "ops":              ("float", "fastgrad", "reference", "micrograd", "torch"),
+    "backward":         ("fastgrad", "reference", "micrograd", "torch"),
+    "mlp-step":         ("fastgrad", "reference", "micrograd", "torch"),
+    "mlp-replay":       ("fastgrad", "reference"),
+    "mlp-replay-fused": ("fastgrad", "reference"),
+    "ops-replay":       ("fastgrad", "reference"),
+    "chain":            ("fastgrad", "reference", "micrograd"),
+    "wide":             ("fastgrad", "reference", "micrograd"),
+    "lecture-op":       ("fastgrad", "reference", "micrograd"),
+    "ops-no-grad":      ("float", "fastgrad", "reference", "torch"),
+    "ext-ops":          ("fastgrad", "reference", "torch"),
+    "softmax-ce":       ("fastgrad", "reference"),
+}
 
 WORKLOADS = {w.name: w for w in (Ops, Backward, MlpStep, MlpReplay, MlpReplayFused, OpsReplay,
                                   Chain, Wide, LectureOp, OpsNoGrad, ExtOps,
