@@ -27,9 +27,10 @@ from fastgrad.optim import SGD
 
 
 def build(model: Any, X: Sequence[Sequence[float]], y: Sequence[int],
-          alpha: float = 1e-4, Value: Any = Value) -> tuple[Any, list[Any]]:
+          alpha: float = 1e-4, Value: Any = Value) -> tuple[Value, list[Value]]:
     """micrograd's loss: SVM max-margin over the batch plus L2, and the scores. Value is
-    the class the inputs are made of (micrograd's own works too)."""
+    the class the inputs are made of (micrograd's own works too, and then so are the
+    results)."""
     inputs = [list(map(Value, xrow)) for xrow in X]
     scores = list(map(model, inputs))
     losses = [(1 + -yi * scorei).relu() for yi, scorei in zip(y, scores)]

@@ -30,9 +30,7 @@ random.seed(0)
 X, y = make_moons(20)
 model = MLP(2, [8, 1])
 first: tuple[float, float] = demo.step(model, X, y, 0)      # micrograd's own demo step
-inputs = [[Value(x1), Value(x2)] for x1, x2 in X]
-scores: list[Value] = [model(x) for x in inputs]
-loss = sum(((1 + -yi * si).relu() for yi, si in zip(y, scores)), Value(0.0)) * (1.0 / len(y))
+loss, scores = demo.build(model, X, y)                        # built once, replayed below
 opt = SGD(model.parameters(), lr=0.1)
 for step in range(3):
     loss.recompute()
