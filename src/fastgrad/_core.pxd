@@ -81,6 +81,7 @@ cdef struct Tape:
                         # from the root and not yet swept; reached[NO_NODE] is always 1
     uint8_t* replay_level  # replay_level[i]: while a replay's steps are regrouped, one
                         # more than the level of the last step that added into grad[i]
+                        # (NULL until the first replay is made)
     uint8_t* op         # op[i]: an Op code
     uint16_t* flags     # flags[i]: HAS_LABEL | HAS_OPSTR | ... bits
     PyObject** handle   # handle[i]: borrowed pointer to the live Value handle, or NULL

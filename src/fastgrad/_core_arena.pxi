@@ -84,15 +84,25 @@ cdef int grow(node_t needed) except -1:
     tape.parents_left[NO_NODE] = NO_PARENTS
     realloc_with_front(<void**>&tape.reached, cap, sizeof(uint8_t))
     tape.reached[NO_NODE] = 1
-    safe_realloc(<void**>&tape.replay_level, cap, sizeof(uint8_t))
+    if tape.replay_level != NULL:       # (made by the first replay: grow_replay_levels)
+        safe_realloc(<void**>&tape.replay_level, cap, sizeof(uint8_t))
+        memset(&tape.replay_level[old], 0, (cap - old) * sizeof(uint8_t))
     # the scratch arrays start clear (their invariant), and stay so outside the passes
     memset(&tape.parents_left[old], 0, (cap - old) * sizeof(int32_t))
     memset(&tape.reached[old], 0, (cap - old) * sizeof(uint8_t))
-    memset(&tape.replay_level[old], 0, (cap - old) * sizeof(uint8_t))
     safe_realloc(<void**>&tape.op, cap, sizeof(uint8_t))
     safe_realloc(<void**>&tape.flags, cap, sizeof(uint16_t))
     safe_realloc(<void**>&tape.handle, cap, sizeof(PyObject*))
     tape.capacity = <node_t>cap
+    return 0
+
+
+cdef int grow_replay_levels() except -1:
+    """Makes replay_level, which only replays use (so a process that never replays does
+    not pay its byte per slot); from then on grow() keeps it as long as the others."""
+    if tape.replay_level == NULL and tape.capacity > 0:
+        safe_realloc(<void**>&tape.replay_level, tape.capacity, sizeof(uint8_t))
+        memset(tape.replay_level, 0, tape.capacity * sizeof(uint8_t))
     return 0
 
 

@@ -46,7 +46,9 @@ def _test_scratch_clear():
     if tape.capacity and (tape.parents_left[NO_NODE] != NO_PARENTS or tape.reached[NO_NODE] != 1):
         return False
     for j in range(tape.size):
-        if tape.parents_left[j] != 0 or tape.reached[j] or tape.replay_level[j] != 0:
+        if tape.parents_left[j] != 0 or tape.reached[j]:
+            return False
+        if tape.replay_level != NULL and tape.replay_level[j] != 0:
             return False
     return True
 

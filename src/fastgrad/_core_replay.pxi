@@ -54,6 +54,7 @@ cdef _Replay make_replay(node_t root):
                 "its value or its _backward is Python code; rebuild the graph instead")
         elif tape.op[v] != LEAF and tape.op[v] != CUSTOM:
             size += 1
+    grow_replay_levels()
     safe_realloc(<void**>&r.steps, size if size else 1, sizeof(Step))
     for k in range(n):
         v = items[k]
