@@ -252,6 +252,9 @@ RULES = {
 }
 
 
+_POW = Op.POW
+
+
 def _forward(code):
     forward = FORWARD.get(code)
     if forward is None:
@@ -323,10 +326,20 @@ class Value:
 
     @classmethod
     def _op_node(cls, code, children, k=0.0):
-        # a node of a built-in op: its value from FORWARD, then as _node
-        data = _forward(code)(k, *(c._data for c in children))
+        # a node of a built-in op: its value from FORWARD, then as _node (the arities are
+        # spelled out: this is every operator's hot path)
+        try:
+            forward = FORWARD[code]
+        except KeyError:
+            _forward(code)                      # raises, naming the op
+        if len(children) == 2:
+            data = forward(k, children[0]._data, children[1]._data)
+        elif len(children) == 1:
+            data = forward(k, children[0]._data)
+        else:
+            data = forward(k, *[c._data for c in children])
         out = cls._node(code, data, children)
-        if code == Op.POW and out._code == Op.POW:
+        if code is _POW and out._code is _POW:
             out._k = k
         return out
 
