@@ -8,7 +8,7 @@ import micrograd.engine
 import micrograd.nn
 
 import fastgrad
-from fastgrad import demo, nn
+from fastgrad import demo, nn, reference
 from fastgrad.datasets import make_moons
 
 
@@ -138,3 +138,19 @@ def test_sum_of_products_bad_input(Value):
     y = b * 2.0
     y.backward()
     assert b.grad == 2.0
+
+
+@pytest.mark.parametrize("which", [pytest.param("compiled", marks=pytest.mark.compiled),
+                                   "reference"])
+def test_using_builds_the_same_modules_on_another_engine(which):
+    # nn.using(V): micrograd's modules, same draws and reprs, parameters of class V
+    V = pytest.importorskip("fastgrad._core").Value if which == "compiled" else reference.Value
+    ours = build(nn.using(V).MLP, 7, 2, [3, 1])
+    default = build(nn.MLP, 7, 2, [3, 1])
+    assert all(type(p) is V for p in ours.parameters())
+    assert repr(ours) == repr(default)
+    assert [p.data for p in ours.parameters()] == [p.data for p in default.parameters()]
+    out = ours([0.5, -1.0])
+    assert type(out) is V
+    out.backward()
+    assert any(p.grad != 0 for p in ours.parameters())
