@@ -71,8 +71,8 @@ def _log_ieee(a):
 
 
 # One block per op: its forward, value = forward(k, *children's values) with k the op's
-# constant (POW's exponent, else None), beside its rule (ops.DERIVATIVE), which adds
-# (local derivative) * out.grad into each child of node `out`. Both tables are keyed by
+# constant (POW's exponent; the others ignore it), beside its rule (ops.DERIVATIVE),
+# which adds (local derivative) * out.grad into each child of node `out`. Both tables are keyed by
 # the op codes of fastgrad.ops; the operators build nodes through FORWARD, and recompute()
 # re-evaluates through it.
 
