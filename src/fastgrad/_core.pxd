@@ -22,7 +22,8 @@ cpdef enum Op:
     SQRT = 11
     ABS = 12
     POWV = 13
-    COUNT = 14
+    LOCAL = 14
+    COUNT = 15
 
 # Bits of Tape.flags[i].
 cdef enum:
@@ -43,10 +44,12 @@ cdef enum:
     NO_PARENTS = 1 << 30    # parents_left[NO_NODE]: never reaches 0, however many passes
                             # count and uncount it
 
-# The children of a CUSTOM or AFFINE node: kids[0] is their number n, kids[1..n] the slots.
+# The children of a CUSTOM, AFFINE or LOCAL node: kids[0] is their number n, kids[1..n]
+# the slots; a LOCAL node's block goes on with its n constant local derivatives (real_t,
+# 8-byte aligned: see local_grads_of).
 ctypedef union param_t:
     real_t exponent   # POW: the constant exponent k
-    node_t* kids      # CUSTOM, AFFINE: malloc'd child list (NULL when there are none)
+    node_t* kids      # CUSTOM, AFFINE, LOCAL: malloc'd child list (NULL when there are none)
 
 # The arena: one element of each array per slot.
 # Invariants:
@@ -56,8 +59,8 @@ ctypedef union param_t:
 #   - a live slot's index never moves; free slots have the FREE flag and form a list
 #     threaded through lhs, sorted by index before the next allocation once half the
 #     arena has been freed since the last sort;
-#   - lhs/rhs are -1 where the op has fewer children; CUSTOM and AFFINE keep theirs in
-#     param[i].kids (AFFINE: b, w0, x0, w1, x1, ...) and have lhs = rhs = -1;
+#   - lhs/rhs are -1 where the op has fewer children; CUSTOM, AFFINE and LOCAL keep theirs
+#     in param[i].kids (AFFINE: b, w0, x0, w1, x1, ...) and have lhs = rhs = -1;
 #   - children of a node were created before it, but slot reuse means index order is not
 #     always topological order. Where it is (DESCENDS, fixed when the node is made, since
 #     slots and children never change), backward sweeps the slots downwards from the root;

@@ -10,7 +10,10 @@ One extension module, one C translation unit, in parts that each have one concer
   _core_sweeps.pxi   ordering the reachable nodes, and the backward sweeps
   _core_replay.pxi   recompute(): replaying a graph, recording its local derivatives
   _core_operands.pxi making nodes from Python operands (numbers, handles), no_grad
-  _core_value.pxi    the Value handle, the Python surface of a node
+  _core_value.pxi    the handles, the Python surface of a node: Value (micrograd's API)
+                     and GptValue (microgpt's)
+  _core_fused.pxi    the fused helpers of fastgrad.functional (linear, rmsnorm, softmax,
+                     cross_entropy), whole layers of LOCAL nodes in one call
   _core_optim.pxi    the optimizers' loops over parameter slots
   _core_hooks.pxi    the _test_* hooks of the test suite
 """
@@ -72,5 +75,6 @@ include "_core_sweeps.pxi"
 include "_core_replay.pxi"
 include "_core_operands.pxi"
 include "_core_value.pxi"
+include "_core_fused.pxi"
 include "_core_optim.pxi"
 include "_core_hooks.pxi"

@@ -147,7 +147,25 @@ cdef int list_try_push(NodeList* l, node_t i) except -1:
 
 cdef inline bint has_child_list(uint8_t op) noexcept nogil:
     # the ops whose children are a list in param[i].kids rather than lhs/rhs
-    return op == CUSTOM or op == AFFINE
+    return op == CUSTOM or op == AFFINE or op == LOCAL
+
+
+cdef inline Py_ssize_t local_grads_offset(node_t n) noexcept nogil:
+    # where a LOCAL block's derivatives start, in node_t units: after the count and the n
+    # slots, rounded up to an even number so that they are 8-byte aligned
+    return (n + 2) & ~(<Py_ssize_t>1)
+
+
+cdef inline real_t* local_grads_of(node_t* kids) noexcept nogil:
+    return <real_t*>(kids + local_grads_offset(kids[0]))
+
+
+cdef node_t* new_local_block(node_t n) except NULL:
+    """A LOCAL node's block for n >= 1 children, count set, slots and derivatives not."""
+    cdef node_t* kids = NULL
+    safe_realloc(<void**>&kids, local_grads_offset(n) * sizeof(node_t) + n * sizeof(real_t), 1)
+    kids[0] = n
+    return kids
 
 
 cdef inline void pin(node_t c) noexcept:
@@ -171,7 +189,7 @@ cdef inline uint16_t descends_to(node_t i, node_t c) noexcept:
 
 cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexcept:
     """A new node (after reserve: cannot fail) holding a reference to each child; param
-    and the child list of CUSTOM and AFFINE nodes are set by their makers."""
+    and the child list of CUSTOM, AFFINE and LOCAL nodes are set by their makers."""
     cdef node_t i
     cdef uint16_t descends = DESCENDS
     if tape.free_head >= 0:

@@ -27,12 +27,12 @@ def _test_fail_allocs(n):
     _allocs_until_failure = n
 
 
-def _test_descends(Value v):
+def _test_descends(_Handle v):
     """Whether v's graph descends the slots (its backward is one pass down the arena)."""
     return bool(tape.flags[check_slot(v)] & DESCENDS)
 
 
-def _test_replay_current(Value v):
+def _test_replay_current(_Handle v):
     """Whether v has a replay whose derivatives are current: its next backward() is the
     replay's sweep."""
     cdef node_t i = check_slot(v)

@@ -209,6 +209,18 @@ cdef inline void powv_rule(node_t i) noexcept nogil:
     tape.grad[b] += powv_db(tape.value[a], tape.value[i]) * g
 
 
+# LOCAL: a node whose local derivatives were given when it was made (microgpt's
+# Value(data, children, local_grads), and the fused helpers of fastgrad.functional); its
+# maker computed its value, and nothing re-evaluates it. kids = [n, c1 .. cn], then d1 .. dn
+cdef inline void local_rule(node_t i) noexcept nogil:
+    cdef node_t* kids = tape.param[i].kids
+    cdef real_t* d = local_grads_of(kids)
+    cdef real_t g = tape.grad[i]
+    cdef node_t k
+    for k in range(kids[0]):
+        tape.grad[kids[k + 1]] += d[k] * g
+
+
 # LEAF and CUSTOM have no built-in rule: a CUSTOM node's rule is its Python _backward,
 # which the node's handle holds (HAS_FN), as any node's assigned _backward is.
 
@@ -248,6 +260,8 @@ cdef void apply_extension_rule(node_t i) noexcept nogil:
         abs_rule(i)
     elif o == POWV:
         powv_rule(i)
+    elif o == LOCAL:
+        local_rule(i)
     elif o == CUSTOM:
         pass                            # (a CUSTOM node without a Python _backward)
     else:
@@ -334,6 +348,55 @@ cdef inline int replay_forward(Step* e) except -1:
         powv_forward(a, b, result)
         e.dl = powv_da(a, b)
         e.dr = powv_db(a, result[0])
-    else:                               # (LEAF and CUSTOM nodes are not steps)
+    else:                               # (LEAF, CUSTOM and LOCAL nodes are not steps)
         unknown_op(e.node)
     return 0
+
+
+cdef tuple local_grads(node_t i):
+    """Node i's local derivatives, one per child in the order of its children (what
+    microgpt's Value holds as _local_grads), from the op's derivative functions at the
+    current values; a LOCAL node's are its constants."""
+    cdef uint8_t o = tape.op[i]
+    cdef node_t a = tape.lhs[i], b = tape.rhs[i], k
+    cdef node_t* kids
+    cdef real_t* d
+    if o == LEAF:
+        return ()
+    elif o == ADD:
+        return (add_da(), add_db())
+    elif o == MUL:
+        return (mul_da(tape.value[b]), mul_db(tape.value[a]))
+    elif o == POW:
+        return (pow_da(tape.value[a], tape.param[i].exponent),)
+    elif o == RELU:
+        return (relu_da(tape.value[i]),)
+    elif o == TANH:
+        return (tanh_da(tape.value[i]),)
+    elif o == EXP:
+        return (exp_da(tape.value[i]),)
+    elif o == AFFINE:
+        kids = tape.param[i].kids
+        out = [affine_dbias()]
+        for k in range(2, kids[0], 2):
+            out.append(affine_dw(tape.value[kids[k + 1]]))
+            out.append(affine_dx(tape.value[kids[k]]))
+        return tuple(out)
+    elif o == LOG:
+        return (log_da(tape.value[a]),)
+    elif o == SIGMOID:
+        return (sigmoid_da(tape.value[i]),)
+    elif o == SQRT:
+        return (sqrt_da(tape.value[i]),)
+    elif o == ABS:
+        return (abs_da(tape.value[a]),)
+    elif o == POWV:
+        return (powv_da(tape.value[a], tape.value[b]), powv_db(tape.value[a], tape.value[i]))
+    elif o == LOCAL:
+        kids = tape.param[i].kids
+        d = local_grads_of(kids)
+        return tuple([d[k] for k in range(kids[0])])
+    elif o == CUSTOM:                   # (no built-in rule: it adds nothing)
+        kids = tape.param[i].kids
+        return (0.0,) * (kids[0] if kids != NULL else 0)
+    unknown_op(i)

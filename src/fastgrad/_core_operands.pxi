@@ -76,33 +76,55 @@ cdef inline Value new_handle():
     return h
 
 
-cdef inline Value attach(Value h, node_t i):
+cdef inline GptValue new_gpt_handle():
+    cdef GptValue h = GptValue.__new__(GptValue)
+    PyObject_GC_UnTrack(h)
+    return h
+
+
+cdef inline _Handle new_handle_like(_Handle a):
+    # a handle of a's API, for a node made from a
+    if type(a) is Value:
+        return new_handle()
+    return new_gpt_handle()
+
+
+cdef inline _Handle attach(_Handle h, node_t i):
     h.slot = i
     tape.handle[i] = <PyObject*>h
     tape.refs[i] += 1
     return h
 
 
-cdef Value handle_of(node_t i):
-    """The live handle of slot i, made if it has none (one handle per slot at most)."""
+cdef _Handle handle_of(node_t i, bint gpt):
+    """The live handle of slot i, made (a GptValue if gpt, else a Value) if it has none:
+    one handle per slot at most."""
     if tape.handle[i] != NULL:
-        return <Value>tape.handle[i]
-    return attach(new_handle(), i)
+        return <_Handle>tape.handle[i]
+    return attach(new_gpt_handle() if gpt else new_handle(), i)
 
 
-cdef object binary(uint8_t op, Value a, object b):
+cdef TypeError mixed_kinds(_Handle a, object b):
+    return TypeError(
+        f"cannot combine a {type(a).__module__}.{type(a).__name__} with a "
+        f"{type(b).__module__}.{type(b).__name__}: a graph is built from one Value class")
+
+
+cdef object binary(uint8_t op, _Handle a, object b):
     """a (op) b for ADD and MUL; a number b becomes a leaf node, as in micrograd."""
     cdef real_t x
     cdef node_t lhs = check_slot(a), rhs
-    cdef Value h
-    if type(b) is Value:
-        rhs = check_slot(<Value>b)
+    cdef _Handle h
+    if type(b) is type(a):
+        rhs = check_slot(<_Handle>b)
         x = tape.value[rhs]
     elif not as_real(b, &x):
+        if isinstance(b, _Handle):
+            raise mixed_kinds(a, b)
         return NotImplemented
     else:
         rhs = -1
-    h = new_handle()
+    h = new_handle_like(a)
     reserve(2)
     if not recording():
         return attach(h, push(LEAF, add_forward(tape.value[lhs], x) if op == ADD else
@@ -114,27 +136,27 @@ cdef object binary(uint8_t op, Value a, object b):
     return attach(h, push(MUL, mul_forward(tape.value[lhs], x), lhs, rhs))
 
 
-cdef object unary(uint8_t op, real_t value, Value a):
+cdef object unary(uint8_t op, real_t value, _Handle a):
     """A new node op(a) of the given value (a leaf under no_grad)."""
-    cdef Value h = new_handle()
+    cdef _Handle h = new_handle_like(a)
     reserve(1)
     if not recording():
         return attach(h, push(LEAF, value, -1, -1))
     return attach(h, push(op, value, a.slot, -1))
 
 
-cdef object power_of_values(Value a, Value b):
+cdef object power_of_values(_Handle a, _Handle b):
     cdef real_t r
-    cdef Value h
+    cdef _Handle h
     powv_forward(tape.value[check_slot(a)], tape.value[check_slot(b)], &r)
-    h = new_handle()
+    h = new_handle_like(a)
     reserve(1)
     if not recording():
         return attach(h, push(LEAF, r, -1, -1))
     return attach(h, push(POWV, r, a.slot, b.slot))
 
 
-cdef inline node_t check_slot(Value v) except -1:
+cdef inline node_t check_slot(_Handle v) except -1:
     if v.slot < 0:
         raise ValueError("this Value was never initialised (made by Value.__new__)")
     return v.slot

@@ -14,14 +14,14 @@ cdef class _Params:
         self.values = list(params)
         self.n = len(self.values)
         for p in self.values:
-            if type(p) is not Value:
+            if not isinstance(p, _Handle):
                 raise TypeError(f"parameters must be Values, not {type(p).__name__!r}")
-            check_slot(<Value>p)
+            check_slot(<_Handle>p)
         safe_realloc(<void**>&self.slot, self.n + 1, sizeof(node_t))
         safe_realloc(<void**>&self.m, self.n + 1, sizeof(real_t))
         safe_realloc(<void**>&self.v, self.n + 1, sizeof(real_t))
         for k in range(self.n):
-            self.slot[k] = (<Value>self.values[k]).slot
+            self.slot[k] = (<_Handle>self.values[k]).slot
             self.m[k] = self.v[k] = 0.0
 
     def __dealloc__(self):

@@ -38,6 +38,11 @@ cdef bint has_python_rule(node_t v) noexcept:
     return (tape.op[v] == CUSTOM and tape.param[v].kids != NULL) or tape.flags[v] & HAS_FN
 
 
+cdef str op_string(node_t v):
+    # the node's `_op` as a message shows it (a microgpt-style handle has no `_op`)
+    return _opstrs[v] if tape.flags[v] & HAS_OPSTR else _SYMBOL[tape.op[v]]
+
+
 cdef _Replay make_replay(node_t root):
     """root's replay, from its order. A graph with a node whose value or rule is Python
     code is refused with TypeError naming the node's op."""
@@ -50,8 +55,13 @@ cdef _Replay make_replay(node_t root):
         v = items[k]
         if has_python_rule(v):
             raise TypeError(
-                f"recompute() cannot re-evaluate the custom op {handle_of(v)._op!r}: "
+                f"recompute() cannot re-evaluate the custom op {op_string(v)!r}: "
                 "its value or its _backward is Python code; rebuild the graph instead")
+        elif tape.op[v] == LOCAL:
+            raise TypeError(
+                "recompute() cannot re-evaluate a node made with its local gradients "
+                "(Value(data, children, local_grads), or a fastgrad.functional helper): "
+                "they are constants of the values it was made from; rebuild the graph instead")
         elif tape.op[v] != LEAF and tape.op[v] != CUSTOM:
             size += 1
     grow_replay_levels()

@@ -15,7 +15,7 @@ cdef inline void prefetch_node(node_t i) noexcept nogil:
 
 cdef inline void prefetch_children(node_t i, bint values) noexcept nogil:
     """Prefetches what a pass reads of i's children: their parent counts, and with
-    values their grads and values too (sweeping). CUSTOM and AFFINE children are not
+    values their grads and values too (sweeping). Children in a child list are not
     prefetched. A missing child (-1) costs a useless prefetch, never a fault."""
     cdef node_t a = tape.lhs[i], b = tape.rhs[i]
     if values:
@@ -205,7 +205,7 @@ cdef inline node_t mark_children(node_t v) noexcept nogil:
     cdef node_t c, k, n, new = 0
     cdef node_t* kids
     cdef uint8_t* reached = tape.reached
-    if tape.op[v] == AFFINE:
+    if has_child_list(tape.op[v]):     # (AFFINE or LOCAL: a CUSTOM node never descends)
         kids = tape.param[v].kids
         n = kids[0]
         for k in range(1, n + 1):
@@ -234,7 +234,7 @@ cdef int hand_over(NodeList* done, NodeList* rest) except -1:
     cdef bint ok = True
     for k in range(done.size):
         v = done.items[k]
-        kids = tape.param[v].kids if tape.op[v] == AFFINE else NULL
+        kids = tape.param[v].kids if has_child_list(tape.op[v]) else NULL
         n = kids[0] if kids != NULL else 2
         for j in range(1, n + 1):
             c = kids[j] if kids != NULL else (tape.lhs[v] if j == 1 else tape.rhs[v])

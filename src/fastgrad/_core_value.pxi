@@ -21,15 +21,152 @@ def _restore(data, grad, label):
     return v
 
 
-@cython.final
+cdef inline void detach(_Handle h) noexcept:
+    # a dying handle lets go of its slot (which dies too unless a parent names it)
+    if h.slot >= 0:
+        tape.handle[h.slot] = NULL
+        release(h.slot)
+
+
 @cython.freelist(1024)
-cdef class Value:
-    """ stores a single scalar value and its gradient """
+cdef class _Handle:
+    """A node's handle: what fastgrad.engine.Value (micrograd's API) and
+    fastgrad.microgpt.Value (microgpt's) share: the slot, data, grad, the operators, the
+    ops and backward(). Each API is a final subclass of the same size, so that both take
+    their handles from this class's freelist; a graph is built from one of them."""
     cdef node_t slot
-    cdef object _fn     # the Python _backward assigned to this node, or None
+    cdef object _fn     # the Python _backward assigned to this node (Value only), or None
 
     def __cinit__(self):
         self.slot = -1
+
+    # --- attributes -----------------------------------------------------------------
+
+    @property
+    def data(self):
+        return tape.value[check_slot(self)]
+
+    @data.setter
+    def data(self, value):
+        tape.value[check_slot(self)] = real_or_raise(value, "data")
+        tape.epoch += 1
+
+    @property
+    def grad(self):
+        return tape.grad[check_slot(self)]
+
+    @grad.setter
+    def grad(self, value):
+        tape.grad[check_slot(self)] = real_or_raise(value, "grad")
+
+    # --- operators (micrograd builds the same graph) ---------------------------------
+
+    def __add__(self, other):
+        return binary(ADD, self, other)
+
+    def __radd__(self, other): # other + self
+        return binary(ADD, self, other)
+
+    def __mul__(self, other):
+        return binary(MUL, self, other)
+
+    def __rmul__(self, other): # other * self
+        return binary(MUL, self, other)
+
+    def __pow__(self, other, mod):
+        # self ** k for an int or float k (micrograd's op, '**k'); self ** Value (POWV)
+        cdef real_t k, r
+        cdef _Handle out
+        if mod is not None:
+            raise TypeError("pow() with a modulus is not supported for Value")
+        if type(other) is type(self):
+            return power_of_values(self, other)
+        if isinstance(other, _Handle):
+            raise mixed_kinds(self, other)
+        if not isinstance(other, (int, float)):
+            raise TypeError(f"unsupported exponent type {type(other).__name__!r}: "
+                            "int, float or Value")
+        k = other
+        pow_forward(tape.value[check_slot(self)], k, &r)
+        out = unary(POW, r, self)
+        if tape.op[out.slot] == POW:           # (under no_grad it is a leaf)
+            tape.param[out.slot].exponent = k
+            if PyBool_Check(other):
+                tape.flags[out.slot] |= POW_BOOL
+            elif PyLong_Check(other):
+                tape.flags[out.slot] |= POW_INT
+        return out
+
+    def __rpow__(self, other, mod):
+        # number ** self: the number becomes a leaf, as in every binary op
+        if mod is not None:
+            raise TypeError("pow() with a modulus is not supported for Value")
+        if not isinstance(other, (int, float)):
+            return NotImplemented
+        return power_of_values(type(self)(other), self)
+
+    def relu(self):
+        return unary(RELU, relu_forward(tape.value[check_slot(self)]), self)
+
+    def tanh(self):
+        return unary(TANH, tanh_forward(tape.value[check_slot(self)]), self)
+
+    def exp(self):
+        cdef real_t r
+        exp_forward(tape.value[check_slot(self)], &r)
+        return unary(EXP, r, self)
+
+    def log(self):
+        cdef real_t r
+        log_forward(tape.value[check_slot(self)], &r)
+        return unary(LOG, r, self)
+
+    def sigmoid(self):
+        return unary(SIGMOID, sigmoid_forward(tape.value[check_slot(self)]), self)
+
+    def sqrt(self):
+        cdef real_t r
+        sqrt_forward(tape.value[check_slot(self)], &r)
+        return unary(SQRT, r, self)
+
+    def __abs__(self):
+        return unary(ABS, abs_forward(tape.value[check_slot(self)]), self)
+
+    def __neg__(self): # -self
+        return self * -1
+
+    def __sub__(self, other): # self - other
+        return self + (-other)
+
+    def __rsub__(self, other): # other - self
+        return other + (-self)
+
+    def __truediv__(self, other): # self / other
+        return self * other**-1
+
+    def __rtruediv__(self, other): # other / self
+        return other * self**-1
+
+    def backward(self):
+        backward_from(check_slot(self))
+
+    def recompute(self):
+        """Re-evaluates every node under this one from the current data of the leaves, and
+        resets the grads of the nodes in between to 0 (leaves keep theirs): as if the same
+        expression had been built again. What it needs is cached per root, so a training
+        loop can build its graph once, then recompute() / backward() / update the leaves,
+        step after step. All or nothing: if an op fails, every value is put back. A graph
+        holding Python code (a custom op, an assigned _backward) is refused with TypeError."""
+        recompute_from(check_slot(self))
+
+    def __repr__(self):
+        return f"Value(data={self.data}, grad={self.grad})"
+
+
+
+@cython.final
+cdef class Value(_Handle):
+    """ stores a single scalar value and its gradient """
 
     def __init__(self, data, _children=(), _op='', label=''):
         cdef real_t x = real_or_raise(data, "Value data")
@@ -64,28 +201,7 @@ cdef class Value:
             self.label = label
 
     def __dealloc__(self):
-        if self.slot >= 0:
-            tape.handle[self.slot] = NULL
-            release(self.slot)
-
-    # --- attributes -----------------------------------------------------------------
-
-    @property
-    def data(self):
-        return tape.value[check_slot(self)]
-
-    @data.setter
-    def data(self, value):
-        tape.value[check_slot(self)] = real_or_raise(value, "data")
-        tape.epoch += 1
-
-    @property
-    def grad(self):
-        return tape.grad[check_slot(self)]
-
-    @grad.setter
-    def grad(self, value):
-        tape.grad[check_slot(self)] = real_or_raise(value, "grad")
+        detach(self)
 
     @property
     def label(self):
@@ -128,12 +244,12 @@ cdef class Value:
             kids = tape.param[i].kids
             if kids != NULL:
                 for k in range(1, kids[0] + 1):
-                    s.add(handle_of(kids[k]))
+                    s.add(handle_of(kids[k], False))
         else:
             if tape.lhs[i] >= 0:
-                s.add(handle_of(tape.lhs[i]))
+                s.add(handle_of(tape.lhs[i], False))
             if tape.rhs[i] >= 0:
-                s.add(handle_of(tape.rhs[i]))
+                s.add(handle_of(tape.rhs[i], False))
         return s
 
     @property
@@ -170,50 +286,6 @@ cdef class Value:
         """Applies the local chain rule of this node's op once (what micrograd's _backward
         of the op does); a custom op has none."""
         apply_builtin_rule(check_slot(self))
-
-    # --- operators (micrograd builds the same graph) ---------------------------------
-
-    def __add__(self, other):
-        return binary(ADD, self, other)
-
-    def __radd__(self, other): # other + self
-        return binary(ADD, self, other)
-
-    def __mul__(self, other):
-        return binary(MUL, self, other)
-
-    def __rmul__(self, other): # other * self
-        return binary(MUL, self, other)
-
-    def __pow__(self, other, mod):
-        # self ** k for an int or float k (micrograd's op, '**k'); self ** Value (POWV)
-        cdef real_t k, r
-        cdef Value out
-        if mod is not None:
-            raise TypeError("pow() with a modulus is not supported for Value")
-        if type(other) is Value:
-            return power_of_values(self, other)
-        if not isinstance(other, (int, float)):
-            raise TypeError(f"unsupported exponent type {type(other).__name__!r}: "
-                            "int, float or Value")
-        k = other
-        pow_forward(tape.value[check_slot(self)], k, &r)
-        out = unary(POW, r, self)
-        if tape.op[out.slot] == POW:           # (under no_grad it is a leaf)
-            tape.param[out.slot].exponent = k
-            if PyBool_Check(other):
-                tape.flags[out.slot] |= POW_BOOL
-            elif PyLong_Check(other):
-                tape.flags[out.slot] |= POW_INT
-        return out
-
-    def __rpow__(self, other, mod):
-        # number ** self: the number becomes a leaf, as in every binary op
-        if mod is not None:
-            raise TypeError("pow() with a modulus is not supported for Value")
-        if not isinstance(other, (int, float)):
-            return NotImplemented
-        return power_of_values(Value(other), self)
 
     @staticmethod
     def _sum_of_products(start, ws, xs):
@@ -285,64 +357,92 @@ cdef class Value:
             tape.flags[i] &= descends_to(i, kids[k]) | ~DESCENDS
         return attach(h, i)
 
-    def relu(self):
-        return unary(RELU, relu_forward(tape.value[check_slot(self)]), self)
-
-    def tanh(self):
-        return unary(TANH, tanh_forward(tape.value[check_slot(self)]), self)
-
-    def exp(self):
-        cdef real_t r
-        exp_forward(tape.value[check_slot(self)], &r)
-        return unary(EXP, r, self)
-
-    def log(self):
-        cdef real_t r
-        log_forward(tape.value[check_slot(self)], &r)
-        return unary(LOG, r, self)
-
-    def sigmoid(self):
-        return unary(SIGMOID, sigmoid_forward(tape.value[check_slot(self)]), self)
-
-    def sqrt(self):
-        cdef real_t r
-        sqrt_forward(tape.value[check_slot(self)], &r)
-        return unary(SQRT, r, self)
-
-    def __abs__(self):
-        return unary(ABS, abs_forward(tape.value[check_slot(self)]), self)
-
-    def __neg__(self): # -self
-        return self * -1
-
-    def __sub__(self, other): # self - other
-        return self + (-other)
-
-    def __rsub__(self, other): # other - self
-        return other + (-self)
-
-    def __truediv__(self, other): # self / other
-        return self * other**-1
-
-    def __rtruediv__(self, other): # other / self
-        return other * self**-1
-
-    def backward(self):
-        backward_from(check_slot(self))
-
-    def recompute(self):
-        """Re-evaluates every node under this one from the current data of the leaves, and
-        resets the grads of the nodes in between to 0 (leaves keep theirs): as if the same
-        expression had been built again. What it needs is cached per root, so a training
-        loop can build its graph once, then recompute() / backward() / update the leaves,
-        step after step. All or nothing: if an op fails, every value is put back. A graph
-        holding Python code (a custom op, an assigned _backward) is refused with TypeError."""
-        recompute_from(check_slot(self))
-
-    def __repr__(self):
-        return f"Value(data={self.data}, grad={self.grad})"
-
     def __reduce__(self):
         if tape.op[check_slot(self)] != LEAF:
             raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
         return (_restore, (self.data, self.grad, self.label))
+
+
+def _restore_gpt(data, grad):
+    """Unpickles a leaf fastgrad.microgpt.Value."""
+    v = GptValue(data)
+    v.grad = grad
+    return v
+
+
+@cython.final
+cdef class GptValue(_Handle):
+    """ stores a single scalar value and its gradient (microgpt's API) """
+
+    def __init__(self, data, children=(), local_grads=()):
+        # microgpt's constructor: a node with children carries one local derivative
+        # (d self / d child) per child, fixed here; the C sweep applies them itself
+        cdef real_t x = real_or_raise(data, "Value data")
+        cdef list kids = list(children), grads = list(local_grads)
+        cdef Py_ssize_t k, n = len(kids)
+        cdef node_t* block = NULL
+        cdef real_t* d
+        cdef node_t i
+        for c in kids:
+            if type(c) is not GptValue:
+                raise TypeError(f"children of a Value must be Values, not {type(c).__name__!r}")
+            check_slot(<GptValue>c)
+        if len(grads) != n:
+            raise ValueError(f"a Value needs one local gradient per child: got {n} "
+                             f"children and {len(grads)} local_grads")
+        if self.slot >= 0:                     # a handle names one node for life
+            raise TypeError("Value.__init__ cannot be called on an existing Value")
+        PyObject_GC_UnTrack(self)
+        if n == 0:
+            reserve(1)
+            attach(self, push(LEAF, x, -1, -1))
+            return
+        if n > INT32_MAX - 2:
+            raise MemoryError("fastgrad: too many children for one node")
+        block = new_local_block(<node_t>n)
+        d = local_grads_of(block)
+        try:
+            for k in range(n):
+                d[k] = real_or_raise(grads[k], "a local gradient")
+            reserve(1)
+        except BaseException:
+            PyMem_Free(block)
+            raise
+        i = push(LOCAL, x, -1, -1)
+        tape.param[i].kids = block
+        for k in range(n):
+            block[k + 1] = (<GptValue>kids[k]).slot
+            add_ref(block[k + 1])
+            tape.flags[i] &= descends_to(i, block[k + 1]) | ~DESCENDS
+        attach(self, i)
+
+    def __dealloc__(self):
+        detach(self)
+
+    @property
+    def _children(self):
+        """The node's children, in the order they were given (a child used twice, as in
+        `a * a`, appears twice)."""
+        cdef node_t i = check_slot(self), k
+        cdef node_t* kids
+        if has_child_list(tape.op[i]):
+            kids = tape.param[i].kids
+            if kids == NULL:
+                return ()
+            return tuple([handle_of(kids[k], True) for k in range(1, kids[0] + 1)])
+        if tape.rhs[i] >= 0:
+            return (handle_of(tape.lhs[i], True), handle_of(tape.rhs[i], True))
+        if tape.lhs[i] >= 0:
+            return (handle_of(tape.lhs[i], True),)
+        return ()
+
+    @property
+    def _local_grads(self):
+        """d self / d child for each of _children: the constants it was made with, or for
+        an operator's node its op's local derivatives (at the current values)."""
+        return local_grads(check_slot(self))
+
+    def __reduce__(self):
+        if tape.op[check_slot(self)] != LEAF:
+            raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
+        return (_restore_gpt, (self.data, self.grad))

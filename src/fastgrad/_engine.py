@@ -4,8 +4,10 @@ pure-Python reference, once, at import.
 The compiled `fastgrad._core` is chosen unless the environment sets FASTGRAD_PUREPYTHON=1
 or the extension was not built; then `fastgrad.reference` (same API, same semantics)
 stands in, with a warning in the second case. Each engine module provides the same names:
-`Value`, `_Params` (the optimizers' kernel over a list of parameters), and the no_grad
-hooks `_enter_no_grad`, `_exit_no_grad`, `_is_grad_enabled`. Everything else in fastgrad
+`Value` (micrograd's API), `GptValue` (microgpt's: fastgrad.microgpt.Value), `_Params`
+(the optimizers' kernel over a list of parameters), the fused helpers of
+fastgrad.functional (`_linear`, `_rmsnorm`, `_softmax`, `_cross_entropy`), and the
+no_grad hooks `_enter_no_grad`, `_exit_no_grad`, `_is_grad_enabled`. Everything else in fastgrad
 (nn, optim, grad_mode, functional, checks) binds to the engine through this module.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ else:
         REASON = f"the compiled engine is not available ({exc})"
 
 Value = engine.Value
+GptValue = engine.GptValue
 
 # Every engine whose Values this process can make: the chosen one, and the reference,
 # which is always importable (tests and benchmarks use both side by side). no_grad
@@ -50,12 +53,15 @@ except ImportError:
     ENGINES = (reference,)
 
 
-def engine_of(values: list[Any]) -> ModuleType:
-    """The engine module the given Values belong to (all to the same one), else TypeError."""
+def engine_of(values: list[Any], what: str = "parameters") -> ModuleType:
+    """The engine module the given Values belong to (all of one engine and one Value
+    class: fastgrad.engine's or fastgrad.microgpt's), else TypeError."""
     for module in ENGINES:
-        if all(type(v) is module.Value for v in values):
-            return module
-    bad = next((v for v in values if not any(type(v) is m.Value for m in ENGINES)), None)
+        for cls in (module.Value, module.GptValue):
+            if all(type(v) is cls for v in values):
+                return module
+    kinds = [(m.Value, m.GptValue) for m in ENGINES]
+    bad = next((v for v in values if not any(type(v) in k for k in kinds)), None)
     if bad is not None:
-        raise TypeError(f"parameters must be Values, not {type(bad).__name__!r}")
-    raise TypeError("parameters must all be Values of one engine")
+        raise TypeError(f"{what} must be Values, not {type(bad).__name__!r}")
+    raise TypeError(f"{what} must all be Values of one engine and one Value class")

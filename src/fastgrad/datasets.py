@@ -1,6 +1,14 @@
-"""Toy data for the demo, the tests and the benchmarks, without numpy or scikit-learn."""
+"""Toy data for the demos, the tests and the benchmarks, without numpy or scikit-learn."""
 import math
 import random
+from importlib import resources
+
+
+def names() -> list[str]:
+    """The 32,033 names microgpt trains on (makemore's names.txt; its provenance is in
+    fastgrad/data/README.md), in file order."""
+    text = resources.files("fastgrad").joinpath("data", "names.txt").read_text(encoding="ascii")
+    return [line.strip() for line in text.strip().split("\n") if line.strip()]
 
 
 def make_moons(n_samples: int = 100, noise: float = 0.1,

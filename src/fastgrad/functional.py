@@ -1,46 +1,73 @@
-"""Functions over lists of Values, built from Value ops (so on either engine, and on any
-graph the ops can build): softmax and cross-entropy, stable for large logits.
+"""Layers over lists of Values, each built in one engine call: microgpt's `linear`,
+`rmsnorm` and `softmax`, and `cross_entropy`.
 
-    probs = softmax(logits)                   # list of Values summing to 1
-    loss = cross_entropy(logits, target)      # -log softmax(logits)[target]
+    h = linear(x, w)                 # [sum(wi * xi for wi, xi in zip(row, x)) for row in w]
+    h = rmsnorm(h)                   # [xi * (mean(xi * xi) + eps) ** -0.5 for xi in h]
+    probs = softmax(logits)          # list of Values summing to 1
+    loss = cross_entropy(logits, target)     # -log softmax(logits)[target]
     loss.backward()
 
-Both subtract the largest logit first (a constant, so the gradients are unchanged): every
-exp is of a number <= 0, so nothing overflows, and cross-entropy is computed as
-log-sum-exp minus the target's logit rather than as the log of a probability that may
-have rounded to 0. At |x| = 1000 both give finite values and gradients.
+Each builds its nodes in C (on the compiled engine; in Python on the reference), with no
+Python call per node: nodes that carry their local derivatives, computed when they are
+made, as microgpt's ops do (microgpt's `_local_grads`; op LOCAL). The values are those of
+the list expressions, operation for operation, so they agree to the bit; the grads agree
+to rounding (the same products, summed in another order). They work with either Value
+class (fastgrad.engine's, fastgrad.microgpt's), under no_grad (the results are leaves),
+and refuse bad shapes with ValueError and non-Values with TypeError before making any
+node. recompute() cannot replay their nodes (their derivatives are constants): rebuild.
+
+softmax and cross_entropy subtract the largest logit first (a constant, so the gradients
+are unchanged): every exp is of a number <= 0, so nothing overflows, and cross-entropy
+is log-sum-exp minus the target's shifted logit rather than the log of a probability
+that may have rounded to 0. At |x| = 1000 both give finite values and gradients.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from types import ModuleType
+from typing import Any, Sequence, Union
 
+from fastgrad._engine import ENGINES, engine
 from fastgrad.engine import Value
 
+Number = Union[int, float]
 
-def _shifted(logits: Sequence[Value]) -> tuple[list[Value], float]:
-    if len(logits) == 0:
-        raise ValueError("softmax of an empty list of logits")
-    for v in logits:
-        if not hasattr(v, "exp") or not hasattr(v, "data"):
-            raise TypeError(f"logits must be Values, not {type(v).__name__!r}")
-    m = max(v.data for v in logits)
-    return [v - m for v in logits], m
+
+def _engine_of(values: Sequence[Any]) -> ModuleType:
+    # the engine of the first Value among values (each engine checks all of them)
+    for v in values:
+        for module in ENGINES:
+            if type(v) is module.Value or type(v) is module.GptValue:
+                return module
+    return engine
+
+
+def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]]) -> list[Value]:
+    """[sum(wi * xi for wi, xi in zip(row, x)) for row in w]: one node per row, its
+    children the row's weights and x (a number in x becomes a leaf). Every row must have
+    len(x) weights. Attention works through it too: linear(q, keys) gives the logits
+    q . k_t, and linear(weights, [[v[j] for v in values] for j ...]) the head's output."""
+    rows = w if isinstance(w, list) else list(w)
+    first_row = rows[0] if rows else ()
+    return _engine_of(list(first_row[:1]) + list(x[:1]))._linear(x, rows)
+
+
+def rmsnorm(x: Sequence[Value], eps: float = 1e-5) -> list[Value]:
+    """ms = sum(xi * xi for xi in x) / len(x); scale = (ms + eps) ** -0.5;
+    [xi * scale for xi in x]: scale is one node over x, each output a '*' node."""
+    return _engine_of(x[:1])._rmsnorm(x, eps)
 
 
 def softmax(logits: Sequence[Value]) -> list[Value]:
-    """exp(x_i) / sum_j exp(x_j) for each logit, as Values in the graph."""
-    shifted, _ = _shifted(logits)
-    exps = [s.exp() for s in shifted]
-    total = sum(exps[1:], exps[0])
-    return [e / total for e in exps]
+    """exp(x_i - m) / sum_j exp(x_j - m) for each logit, m the largest: microgpt's
+    softmax, as n + 1 nodes (the sum, then each probability over its logit and the sum)."""
+    return _engine_of(logits[:1])._softmax(logits)
 
 
 def cross_entropy(logits: Sequence[Value], target: int) -> Value:
-    """-log(softmax(logits)[target]) = log(sum_j exp(x_j - m)) - (x_target - m), a Value."""
+    """-log(softmax(logits)[target]) = log(sum_j exp(x_j - m)) - (x_target - m), one node
+    over the logits."""
     if isinstance(target, bool) or not isinstance(target, int):
         raise TypeError(f"target must be an int class index, not {type(target).__name__!r}")
     if not -len(logits) <= target < len(logits):
         raise IndexError(f"target {target} out of range for {len(logits)} logits")
-    shifted, _ = _shifted(logits)
-    exps = [s.exp() for s in shifted]
-    return sum(exps[1:], exps[0]).log() - shifted[target]
+    return _engine_of(logits[:1])._cross_entropy(logits, target % len(logits))

@@ -23,7 +23,9 @@ class Op(IntEnum):
     SQRT = 11    # sqrt(lhs), lhs >= 0
     ABS = 12     # |lhs|
     POWV = 13    # lhs ** rhs, both Values (a number base becomes a leaf), lhs > 0
-    COUNT = 14   # sentinel: the number of op codes
+    LOCAL = 14   # microgpt's Value(data, children, local_grads): any children, each with
+                 # its local derivative given as a constant (also the fused helpers' nodes)
+    COUNT = 15   # sentinel: the number of op codes
 
 
 # how many children a node of each op has (None: any number)
@@ -42,6 +44,7 @@ ARITY = {
     Op.SQRT: 1,
     Op.ABS: 1,
     Op.POWV: 2,
+    Op.LOCAL: None,
 }
 
 # the `_op` string micrograd shows for a node ('**' is followed by the exponent, as in
@@ -62,6 +65,7 @@ SYMBOL = {
     Op.SQRT: 'sqrt',
     Op.ABS: 'abs',
     Op.POWV: '**',
+    Op.LOCAL: '',
 }
 
 # the local chain rule of each op, with g the node's grad: what is added into each child,
@@ -82,6 +86,7 @@ DERIVATIVE = {
     Op.ABS: 'lhs.grad += sign(lhs.data) * g (0 at 0, nan at nan)',
     Op.POWV: 'lhs.grad += rhs.data * lhs.data ** (rhs.data - 1) * g; '
              'rhs.grad += out.data * log(lhs.data) * g',
+    Op.LOCAL: 'children[k].grad += local_grads[k] * g, local_grads fixed when it was made',
 }
 
 

@@ -214,6 +214,13 @@ def _powv_rule(out):
     b._grad += out._data * _log_ieee(a._data) * g
 
 
+def _local_rule(out):
+    # LOCAL: the derivatives it was made with (out._k), one per child
+    g = out._grad
+    for c, d in zip(out._children, out._k):
+        c._grad += d * g
+
+
 def _no_rule(out):
     # LEAF; CUSTOM, whose rule is its Python _backward if it has one
     pass
@@ -249,6 +256,40 @@ RULES = {
     Op.SQRT: _sqrt_rule,
     Op.ABS: _abs_rule,
     Op.POWV: _powv_rule,
+    Op.LOCAL: _local_rule,
+}
+
+
+def _affine_local_grads(out):
+    b, *terms = out._children
+    grads = [1.0]
+    for k in range(0, len(terms), 2):
+        grads += [terms[k + 1]._data, terms[k]._data]
+    return tuple(grads)
+
+
+# The local derivatives each rule above multiplies out.grad by, one per child in the order
+# of out._children: what microgpt's Value holds as _local_grads (GptValue._local_grads).
+# tests/test_microgpt.py checks every op's entry against its rule.
+LOCAL_GRADS = {
+    Op.LEAF: lambda out: (),
+    Op.ADD: lambda out: (1.0, 1.0),
+    Op.MUL: lambda out: (out._children[1]._data, out._children[0]._data),
+    Op.POW: lambda out: (out._k * _pow_ieee(out._children[0]._data, out._k - 1.0),),
+    Op.RELU: lambda out: (float(out._data > 0),),
+    Op.TANH: lambda out: (1.0 - out._data * out._data,),
+    Op.EXP: lambda out: (out._data,),
+    Op.CUSTOM: lambda out: (0.0,) * len(out._children),
+    Op.AFFINE: _affine_local_grads,
+    Op.LOG: lambda out: (_div_ieee(1.0, out._children[0]._data),),
+    Op.SIGMOID: lambda out: (out._data * (1.0 - out._data),),
+    Op.SQRT: lambda out: (_div_ieee(1.0, 2.0 * out._data),),
+    Op.ABS: lambda out: (lambda a: (a if math.isnan(a) else float(a > 0.0) - float(a < 0.0),))(
+        out._children[0]._data),
+    Op.POWV: lambda out: (
+        out._children[1]._data * _pow_ieee(out._children[0]._data, out._children[1]._data - 1.0),
+        out._data * _log_ieee(out._children[0]._data)),
+    Op.LOCAL: lambda out: out._k,
 }
 
 
@@ -290,22 +331,23 @@ def _is_grad_enabled():
     return _mode.no_grad_depth == 0
 
 
-class Value:
-    """ stores a single scalar value and its gradient """
-    __slots__ = ('_data', '_grad', '_children', '_code', '_k', '_opstr', '_fn', '_label')
+def _mixed_kinds(a, b):
+    return TypeError(
+        f"cannot combine a {type(a).__module__}.{type(a).__name__} with a "
+        f"{type(b).__module__}.{type(b).__name__}: a graph is built from one Value class")
 
-    def __init__(self, data, _children=(), _op='', label=''):
-        self._data = _real_or_raise(data, "Value data")
-        self._grad = 0.0
-        self._children = tuple(_children)
-        for c in self._children:
-            if type(c) is not Value:
-                raise TypeError(f"children of a Value must be Values, not {type(c).__name__!r}")
-        self._code = Op.CUSTOM if (self._children or not _is_empty(_op)) else Op.LEAF
-        self._k = 0.0
-        self._opstr = _NO_OPSTR if _is_empty(_op) else _op
-        self._fn = None
-        self._label = label
+
+def _op_string(v):
+    # the node's `_op` as a message shows it (a microgpt-style handle has no `_op`)
+    if v._opstr is not _NO_OPSTR:
+        return v._opstr
+    return pow_symbol(v._k) if v._code == Op.POW else SYMBOL[v._code]
+
+
+class _Handle:
+    """What Value (micrograd's API) and GptValue (microgpt's) share: data, grad, the
+    operators, the ops and backward(). A graph is built from one of them."""
+    __slots__ = ('_data', '_grad', '_children', '_code', '_k', '_opstr', '_fn', '_label')
 
     @classmethod
     def _node(cls, code, data, children):
@@ -361,62 +403,19 @@ class Value:
     def grad(self, value):
         self._grad = _real_or_raise(value, "grad")
 
-    @property
-    def label(self):
-        return self._label
-
-    @label.setter
-    def label(self, value):
-        self._label = value
-
-    @property
-    def _op(self):
-        if self._opstr is not _NO_OPSTR:
-            return self._opstr
-        if self._code == Op.POW:
-            return pow_symbol(self._k)
-        return SYMBOL[self._code]
-
-    @_op.setter
-    def _op(self, value):
-        self._opstr = value
-
-    @property
-    def _prev(self):
-        return set(self._children)
-
-    @property
-    def _backward(self):
-        if self._fn is not None:
-            return self._fn
-        return self._apply_rule
-
-    @_backward.setter
-    def _backward(self, fn):
-        # micrograd's backward() calls whatever _backward a node holds: a function
-        # assigned to any node replaces its op's rule (and recompute() then refuses its
-        # graph); the node's own rule, read from _backward and assigned back, restores it
-        if not callable(fn):
-            raise TypeError(f"_backward must be callable, not {type(fn).__name__!r}")
-        own = getattr(fn, "__self__", None) is self and getattr(fn, "__name__", None) == "_apply_rule"
-        self._fn = None if own else fn
-
-    def _apply_rule(self):
-        """Applies the local chain rule of this node's op once (what micrograd's _backward
-        of the op does); a custom op has none."""
-        _rule(self._code)(self)
-
     # --- operators (micrograd builds the same graph) ---------------------------------
 
     def _binary(self, code, other):
-        if type(other) is Value:
+        if type(other) is type(self):
             x = other._data
         else:
             x = _as_real(other)
             if x is None:
+                if isinstance(other, _Handle):
+                    raise _mixed_kinds(self, other)
                 return NotImplemented
-            other = Value._node(Op.LEAF, x, ())
-        return Value._op_node(code, (self, other))
+            other = self._node(Op.LEAF, x, ())
+        return self._op_node(code, (self, other))
 
     def __add__(self, other):
         return self._binary(Op.ADD, other)
@@ -434,13 +433,15 @@ class Value:
         # self ** k for an int or float k (micrograd's op, '**k'); self ** Value (POWV)
         if mod is not None:
             raise TypeError("pow() with a modulus is not supported for Value")
-        if type(other) is Value:
-            return Value._op_node(Op.POWV, (self, other))
+        if type(other) is type(self):
+            return self._op_node(Op.POWV, (self, other))
+        if isinstance(other, _Handle):
+            raise _mixed_kinds(self, other)
         if not isinstance(other, (int, float)):
             raise TypeError(f"unsupported exponent type {type(other).__name__!r}: "
                             "int, float or Value")
         # k kept as given, so that `_op` shows '**2', '**2.0' or '**True'
-        return Value._op_node(Op.POW, (self,), other)
+        return self._op_node(Op.POW, (self,), other)
 
     def __rpow__(self, other, mod=None):
         # number ** self: the number becomes a leaf, as in every binary op
@@ -448,55 +449,28 @@ class Value:
             raise TypeError("pow() with a modulus is not supported for Value")
         if not isinstance(other, (int, float)):
             return NotImplemented
-        return Value(other) ** self
-
-    @staticmethod
-    def _sum_of_products(start, ws, xs):
-        """start + ws[0] * xs[0] + ws[1] * xs[1] + ...: the chain of '*' and '+' nodes that
-        sum((w * x for w, x in zip(ws, xs)), start) builds, made in one call."""
-        act = start
-        for wi, xi in zip(ws, xs):
-            act = act + wi * xi
-        return act
-
-    @staticmethod
-    def _affine(start, ws, xs):
-        """start + ws[0] * xs[0] + ws[1] * xs[1] + ... as one node (op 'affine', children
-        start, ws and xs): the value and grads of micrograd's chain, in one node."""
-        ws, xs = list(ws), list(xs)
-        n = min(len(ws), len(xs))
-        fast = type(start) is Value and all(
-            type(w) is Value and (type(x) is Value or isinstance(x, (int, float)))
-            for w, x in zip(ws, xs))
-        if not fast:
-            return Value._sum_of_products(start, ws, xs)
-        if n == 0:
-            return start
-        children = [start]
-        for w, x in zip(ws, xs):
-            children += [w, x if type(x) is Value else Value._node(Op.LEAF, float(x), ())]
-        return Value._op_node(Op.AFFINE, tuple(children))
+        return type(self)(other) ** self
 
     def relu(self):
-        return Value._op_node(Op.RELU, (self,))
+        return self._op_node(Op.RELU, (self,))
 
     def tanh(self):
-        return Value._op_node(Op.TANH, (self,))
+        return self._op_node(Op.TANH, (self,))
 
     def exp(self):
-        return Value._op_node(Op.EXP, (self,))
+        return self._op_node(Op.EXP, (self,))
 
     def log(self):
-        return Value._op_node(Op.LOG, (self,))
+        return self._op_node(Op.LOG, (self,))
 
     def sigmoid(self):
-        return Value._op_node(Op.SIGMOID, (self,))
+        return self._op_node(Op.SIGMOID, (self,))
 
     def sqrt(self):
-        return Value._op_node(Op.SQRT, (self,))
+        return self._op_node(Op.SQRT, (self,))
 
     def __abs__(self):
-        return Value._op_node(Op.ABS, (self,))
+        return self._op_node(Op.ABS, (self,))
 
     def __neg__(self): # -self
         return self * -1
@@ -539,12 +513,17 @@ class Value:
         for v in topo:
             if (v._code == Op.CUSTOM and v._children) or v._fn is not None:
                 raise TypeError(
-                    f"recompute() cannot re-evaluate the custom op {v._op!r}: "
+                    f"recompute() cannot re-evaluate the custom op {_op_string(v)!r}: "
                     "its value or its _backward is Python code; rebuild the graph instead")
+            if v._code == Op.LOCAL:
+                raise TypeError(
+                    "recompute() cannot re-evaluate a node made with its local gradients "
+                    "(Value(data, children, local_grads), or a fastgrad.functional helper): "
+                    "they are constants of the values it was made from; rebuild the graph instead")
         new = {}                                # all or nothing: commit once all succeeded
         value = lambda c: new.get(c, c._data)
         for v in topo:
-            if v._code != Op.LEAF and v._code != Op.CUSTOM:
+            if v._code != Op.LEAF and v._code != Op.CUSTOM:  # (LOCAL refused above)
                 new[v] = _forward(v._code)(v._k, *map(value, v._children))
         for v, d in new.items():
             v._data = d
@@ -563,10 +542,251 @@ class Value:
     def __repr__(self):
         return f"Value(data={self.data}, grad={self.grad})"
 
+class Value(_Handle):
+    """ stores a single scalar value and its gradient """
+    __slots__ = ()
+
+    def __init__(self, data, _children=(), _op='', label=''):
+        self._data = _real_or_raise(data, "Value data")
+        self._grad = 0.0
+        self._children = tuple(_children)
+        for c in self._children:
+            if type(c) is not Value:
+                raise TypeError(f"children of a Value must be Values, not {type(c).__name__!r}")
+        self._code = Op.CUSTOM if (self._children or not _is_empty(_op)) else Op.LEAF
+        self._k = 0.0
+        self._opstr = _NO_OPSTR if _is_empty(_op) else _op
+        self._fn = None
+        self._label = label
+
+    @property
+    def label(self):
+        return self._label
+
+    @label.setter
+    def label(self, value):
+        self._label = value
+
+    @property
+    def _op(self):
+        return _op_string(self)
+
+    @_op.setter
+    def _op(self, value):
+        self._opstr = value
+
+    @property
+    def _prev(self):
+        return set(self._children)
+
+    @property
+    def _backward(self):
+        if self._fn is not None:
+            return self._fn
+        return self._apply_rule
+
+    @_backward.setter
+    def _backward(self, fn):
+        # micrograd's backward() calls whatever _backward a node holds: a function
+        # assigned to any node replaces its op's rule (and recompute() then refuses its
+        # graph); the node's own rule, read from _backward and assigned back, restores it
+        if not callable(fn):
+            raise TypeError(f"_backward must be callable, not {type(fn).__name__!r}")
+        own = getattr(fn, "__self__", None) is self and getattr(fn, "__name__", None) == "_apply_rule"
+        self._fn = None if own else fn
+
+    def _apply_rule(self):
+        """Applies the local chain rule of this node's op once (what micrograd's _backward
+        of the op does); a custom op has none."""
+        _rule(self._code)(self)
+
+    @staticmethod
+    def _sum_of_products(start, ws, xs):
+        """start + ws[0] * xs[0] + ws[1] * xs[1] + ...: the chain of '*' and '+' nodes that
+        sum((w * x for w, x in zip(ws, xs)), start) builds, made in one call."""
+        act = start
+        for wi, xi in zip(ws, xs):
+            act = act + wi * xi
+        return act
+
+    @staticmethod
+    def _affine(start, ws, xs):
+        """start + ws[0] * xs[0] + ws[1] * xs[1] + ... as one node (op 'affine', children
+        start, ws and xs): the value and grads of micrograd's chain, in one node."""
+        ws, xs = list(ws), list(xs)
+        n = min(len(ws), len(xs))
+        fast = type(start) is Value and all(
+            type(w) is Value and (type(x) is Value or isinstance(x, (int, float)))
+            for w, x in zip(ws, xs))
+        if not fast:
+            return Value._sum_of_products(start, ws, xs)
+        if n == 0:
+            return start
+        children = [start]
+        for w, x in zip(ws, xs):
+            children += [w, x if type(x) is Value else Value._node(Op.LEAF, float(x), ())]
+        return Value._op_node(Op.AFFINE, tuple(children))
+
     def __reduce__(self):
         if self._code != Op.LEAF:
             raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
         return (_restore, (self._data, self._grad, self._label))
+
+
+class GptValue(_Handle):
+    """ stores a single scalar value and its gradient (microgpt's API) """
+    __slots__ = ()
+
+    def __init__(self, data, children=(), local_grads=()):
+        # microgpt's constructor: a node with children carries one local derivative
+        # (d self / d child) per child, fixed here
+        data = _real_or_raise(data, "Value data")
+        children = tuple(children)
+        for c in children:
+            if type(c) is not GptValue:
+                raise TypeError(f"children of a Value must be Values, not {type(c).__name__!r}")
+        grads = tuple(local_grads)
+        if len(grads) != len(children):
+            raise ValueError(f"a Value needs one local gradient per child: got {len(children)} "
+                             f"children and {len(grads)} local_grads")
+        grads = tuple(_real_or_raise(d, "a local gradient") for d in grads)
+        self._data = data
+        self._grad = 0.0
+        self._children = children
+        self._code = Op.LOCAL if children else Op.LEAF
+        self._k = grads
+        self._opstr = _NO_OPSTR
+        self._fn = None
+        self._label = ''
+
+    @property
+    def _local_grads(self):
+        """d self / d child for each of _children: the constants it was made with, or for
+        an operator's node its op's local derivatives (at the current values)."""
+        return LOCAL_GRADS[self._code](self)
+
+    def __reduce__(self):
+        if self._code != Op.LEAF:
+            raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
+        return (_restore_gpt, (self._data, self._grad))
+
+
+# ------------------------------------------------------------------ fused helpers
+# fastgrad.functional's layers on this engine: LOCAL nodes with the values of the list
+# expressions they stand for, operation for operation (as the compiled engine's, in
+# _core_fused.pxi), and their local derivatives computed from the values at hand.
+
+def _local_node(kind, data, children, grads):
+    out = kind._node(Op.LOCAL, data, tuple(children))
+    if out._code is Op.LOCAL:                   # (under no_grad a leaf)
+        out._k = tuple(grads)
+    return out
+
+
+def _handle_class(v, what):
+    if isinstance(v, _Handle):
+        return type(v)
+    raise TypeError(f"{what} must be Values, not {type(v).__name__!r}")
+
+
+def _check_handles(vs, kind, what):
+    for v in vs:
+        if type(v) is not kind:
+            if isinstance(v, _Handle):
+                raise _mixed_kinds(vs[0], v)
+            raise TypeError(f"{what} must be Values, not {type(v).__name__!r}")
+
+
+def _linear(x, w):
+    xs = list(x)
+    rows = [list(r) for r in w]
+    n = len(xs)
+    for r, row in enumerate(rows):
+        if len(row) != n:
+            raise ValueError(f"linear: row {r} of w has {len(row)} weights, but x has {n} values")
+    if not rows:
+        return []
+    if n == 0:
+        raise ValueError("linear: x is empty (a row needs at least one weight)")
+    first = rows[0][0]
+    kind = _handle_class(first, "linear's weights")
+    for row in rows:
+        _check_handles(row, kind, "linear's weights")
+    for v in xs:
+        if type(v) is not kind and _as_real(v) is None:
+            if isinstance(v, _Handle):
+                raise _mixed_kinds(first, v)
+            raise TypeError(f"linear's x must be Values or numbers, not {type(v).__name__!r}")
+    xs = [v if type(v) is kind else kind._node(Op.LEAF, _as_real(v), ()) for v in xs]
+    out = []
+    for row in rows:
+        acc = 0.0                   # sum() starts at 0: 0 + w0*x0 is w0*x0 + 0.0
+        children, grads = [], []
+        for wi, xi in zip(row, xs):
+            acc = acc + wi._data * xi._data
+            children += [wi, xi]
+            grads += [xi._data, wi._data]
+        out.append(_local_node(kind, acc, children, grads))
+    return out
+
+
+def _rmsnorm(x, eps):
+    xs = list(x)
+    e = _real_or_raise(eps, "eps")
+    if not xs:
+        raise ValueError("rmsnorm of an empty list")
+    kind = _handle_class(xs[0], "rmsnorm's x")
+    _check_handles(xs, kind, "rmsnorm's x")
+    total = 0.0
+    for v in xs:
+        total = total + v._data * v._data
+    inv_n = _pow_forward(-1.0, float(len(xs)))     # x / len(x) is x * len(x) ** -1
+    u = total * inv_n + e
+    scale = _pow_forward(-0.5, u)
+    if not _mode.no_grad_depth:
+        c = (-0.5 * _pow_ieee(u, -1.5)) * inv_n
+        scale_node = _local_node(kind, scale, xs, [2.0 * v._data * c for v in xs])
+        return [kind._node(Op.MUL, v._data * scale, (v, scale_node)) for v in xs]
+    return [kind._node(Op.LEAF, v._data * scale, ()) for v in xs]
+
+
+def _check_logits(xs, what):
+    if not xs:
+        raise ValueError(f"{what} of an empty list of logits")
+    _check_handles(xs, _handle_class(xs[0], "logits"), "logits")
+
+
+def _shifted_exps(xs):
+    # exp(x - max(x)) for each logit (x - m is x + (-m)), and their sum started at 0
+    m = max(v._data for v in xs)
+    exps = [_exp_forward(None, v._data + (-m)) for v in xs]
+    total = 0.0
+    for e in exps:
+        total = total + e
+    return m, exps, total
+
+
+def _softmax(logits):
+    xs = list(logits)
+    _check_logits(xs, "softmax")
+    kind = type(xs[0])
+    m, exps, total = _shifted_exps(xs)
+    r = _pow_forward(-1.0, total)         # e / total is e * total ** -1
+    if _mode.no_grad_depth:
+        return [kind._node(Op.LEAF, e * r, ()) for e in exps]
+    t = _local_node(kind, total, xs, exps)
+    dr = -1.0 * _pow_ieee(total, -2.0)
+    return [_local_node(kind, e * r, (v, t), (r * e, e * dr)) for v, e in zip(xs, exps)]
+
+
+def _cross_entropy(logits, target):
+    xs = list(logits)
+    _check_logits(xs, "cross_entropy")
+    m, exps, total = _shifted_exps(xs)
+    loss = _log_forward(None, total) - (xs[target]._data + (-m))
+    inv = _div_ieee(1.0, total)
+    grads = [e * inv - (1.0 if k == target else 0.0) for k, e in enumerate(exps)]
+    return _local_node(type(xs[0]), loss, xs, grads)
 
 
 class _Params:
@@ -598,5 +818,12 @@ class _Params:
 def _restore(data, grad, label):
     """Unpickles a leaf Value."""
     v = Value(data, label=label)
+    v.grad = grad
+    return v
+
+
+def _restore_gpt(data, grad):
+    """Unpickles a leaf GptValue."""
+    v = GptValue(data)
     v.grad = grad
     return v

@@ -1,0 +1,344 @@
+# The fused helpers of fastgrad.functional: whole layers built in one call. (Part of _core.pyx.)
+#
+# Each helper makes LOCAL nodes: their local derivatives are computed here, from the
+# values at hand, as microgpt's ops compute theirs, and the sweep applies them with no op
+# to dispatch on. The values are those of the list expressions the helpers stand for,
+# operation for operation (each block names its expression), so they agree to the bit.
+# Everything that can fail (argument checks, the ops' own errors, every allocation: the
+# derivative blocks, the handles, the tape's room) happens before the first node is
+# pushed, so a failed call leaves the arena as it was.
+
+cdef struct Blocks:
+    # the LOCAL blocks a helper allocated and has not yet given to nodes
+    node_t** items
+    Py_ssize_t size
+
+
+cdef int blocks_init(Blocks* b, Py_ssize_t count) except -1:
+    b.items = NULL
+    b.size = 0
+    safe_realloc(<void**>&b.items, count if count > 0 else 1, sizeof(node_t*))
+    return 0
+
+
+cdef node_t* blocks_new(Blocks* b, node_t children) except NULL:
+    cdef node_t* block = new_local_block(children)
+    b.items[b.size] = block
+    b.size += 1
+    return block
+
+
+cdef void blocks_free(Blocks* b, bint given) noexcept:
+    # given: the nodes own the blocks now, and only the list goes
+    cdef Py_ssize_t k
+    if not given:
+        for k in range(b.size):
+            PyMem_Free(b.items[k])
+    PyMem_Free(b.items)
+    b.items = NULL
+    b.size = 0
+
+
+cdef node_t push_local(node_t* block, real_t value) noexcept:
+    """A LOCAL node of the given value owning block (its children and derivatives set)."""
+    cdef node_t i = push(LOCAL, value, -1, -1)
+    cdef node_t k
+    tape.param[i].kids = block
+    for k in range(1, block[0] + 1):
+        add_ref(block[k])
+        tape.flags[i] &= descends_to(i, block[k]) | ~DESCENDS
+    return i
+
+
+cdef object handle_class(object v, str what):
+    """The Value class of v, which all of a call's Values must share."""
+    if isinstance(v, _Handle):
+        return type(v)
+    raise TypeError(f"{what} must be Values, not {type(v).__name__!r}")
+
+
+cdef int check_handles(list vs, object kind, _Handle first, str what) except -1:
+    for v in vs:
+        if type(v) is not kind:
+            if isinstance(v, _Handle):
+                raise mixed_kinds(first, v)
+            raise TypeError(f"{what} must be Values, not {type(v).__name__!r}")
+        check_slot(<_Handle>v)
+    return 0
+
+
+cdef list new_handles(object kind, Py_ssize_t n):
+    if kind is Value:
+        return [new_handle() for _ in range(n)]
+    return [new_gpt_handle() for _ in range(n)]
+
+
+cdef int read_values(list vs, real_t* out) except -1:
+    cdef Py_ssize_t k
+    for k in range(len(vs)):
+        out[k] = tape.value[(<_Handle>vs[k]).slot]
+    return 0
+
+
+cdef real_t max_of(real_t* x, Py_ssize_t n) noexcept nogil:
+    # max(v.data for v in values), Python's rule: a later value replaces only a smaller one
+    cdef real_t m = x[0]
+    cdef Py_ssize_t k
+    for k in range(1, n):
+        if x[k] > m:
+            m = x[k]
+    return m
+
+
+def _linear(x, w):
+    """[sum(wi * xi for wi, xi in zip(row, x)) for row in w], one LOCAL node per row
+    (children w0, x0, w1, x1, ...; local derivatives x0, w0, x1, w1, ...). A number in x
+    becomes a leaf, shared by the rows."""
+    cdef list xs = x if type(x) is list else list(x)
+    cdef list rows = [row_ if type(row_) is list else list(row_) for row_ in w]
+    cdef Py_ssize_t n = len(xs), m = len(rows), r, k, numbers = 0
+    cdef bint grad = recording()
+    cdef real_t* xval = NULL
+    cdef node_t* xslot = NULL
+    cdef node_t* block
+    cdef real_t* d
+    cdef real_t acc
+    cdef node_t s
+    cdef list row, out
+    cdef Blocks blocks
+    blocks.items = NULL
+    blocks.size = 0
+    for r in range(m):
+        if len(<list>rows[r]) != n:
+            raise ValueError(f"linear: row {r} of w has {len(<list>rows[r])} weights, "
+                             f"but x has {n} values")
+    if m == 0:
+        return []
+    if n == 0:
+        raise ValueError("linear: x is empty (a row needs at least one weight)")
+    if n > (INT32_MAX - 2) // 2:
+        raise MemoryError("fastgrad: too many terms for one node")
+    first = (<list>rows[0])[0]
+    kind = handle_class(first, "linear's weights")
+    for r in range(m):
+        check_handles(<list>rows[r], kind, <_Handle>first, "linear's weights")
+    try:
+        safe_realloc(<void**>&xval, n, sizeof(real_t))
+        safe_realloc(<void**>&xslot, n, sizeof(node_t))
+        for k in range(n):
+            v = xs[k]
+            if type(v) is kind:
+                xslot[k] = check_slot(<_Handle>v)
+                xval[k] = tape.value[xslot[k]]
+            elif as_real(v, &xval[k]):
+                xslot[k] = -1
+                numbers += 1
+            elif isinstance(v, _Handle):
+                raise mixed_kinds(<_Handle>first, v)
+            else:
+                raise TypeError(f"linear's x must be Values or numbers, not {type(v).__name__!r}")
+        if grad:
+            blocks_init(&blocks, m)
+            for r in range(m):
+                blocks_new(&blocks, <node_t>(2 * n))
+        out = new_handles(kind, m)
+        reserve(<node_t>(m + numbers))
+    except BaseException:
+        blocks_free(&blocks, False)
+        PyMem_Free(xval)
+        PyMem_Free(xslot)
+        raise
+    # nothing fails from here on
+    if grad:
+        for k in range(n):
+            if xslot[k] < 0:
+                xslot[k] = push(LEAF, xval[k], -1, -1)
+    for r in range(m):
+        row = <list>rows[r]
+        acc = 0.0                       # sum() starts at 0: 0 + w0*x0 is w0*x0 + 0.0
+        for k in range(n):
+            acc = acc + tape.value[(<_Handle>row[k]).slot] * xval[k]
+        if not grad:
+            attach(<_Handle>out[r], push(LEAF, acc, -1, -1))
+            continue
+        block = blocks.items[r]
+        d = local_grads_of(block)
+        for k in range(n):
+            s = (<_Handle>row[k]).slot
+            block[1 + 2 * k] = s
+            block[2 + 2 * k] = xslot[k]
+            d[2 * k] = mul_da(xval[k])          # d (w * x) / d w
+            d[2 * k + 1] = mul_db(tape.value[s])  # d (w * x) / d x
+        attach(<_Handle>out[r], push_local(block, acc))
+    blocks_free(&blocks, True)
+    PyMem_Free(xval)
+    PyMem_Free(xslot)
+    return out
+
+
+def _rmsnorm(x, eps):
+    """ms = sum(xi * xi for xi in x) / len(x); scale = (ms + eps) ** -0.5;
+    [xi * scale for xi in x]: scale is one LOCAL node over x, each output a '*' node."""
+    cdef list xs = x if type(x) is list else list(x)
+    cdef Py_ssize_t n = len(xs), k
+    cdef bint grad = recording()
+    cdef real_t e = real_or_raise(eps, "eps")
+    cdef real_t total = 0.0, inv_n, u, scale, c
+    cdef real_t* d
+    cdef node_t* block = NULL
+    cdef node_t si
+    cdef list out
+    if n == 0:
+        raise ValueError("rmsnorm of an empty list")
+    if n > INT32_MAX - 2:
+        raise MemoryError("fastgrad: too many terms for one node")
+    first = xs[0]
+    kind = handle_class(first, "rmsnorm's x")
+    check_handles(xs, kind, <_Handle>first, "rmsnorm's x")
+    for k in range(n):
+        u = tape.value[(<_Handle>xs[k]).slot]
+        total = total + u * u
+    pow_forward(<real_t>n, -1.0, &inv_n)        # x / len(x) is x * len(x) ** -1
+    u = total * inv_n + e
+    pow_forward(u, -0.5, &scale)
+    try:
+        if grad:
+            block = new_local_block(<node_t>n)
+        out = new_handles(kind, n)
+        reserve(<node_t>(n + 1))
+    except BaseException:
+        PyMem_Free(block)
+        raise
+    if not grad:
+        for k in range(n):
+            attach(<_Handle>out[k], push(LEAF, mul_forward(tape.value[(<_Handle>xs[k]).slot],
+                                                           scale), -1, -1))
+        return out
+    # d scale / d xi = pow's derivative at u, times d ms / d xi = 2 * xi / len(x)
+    c = pow_da(u, -0.5) * inv_n
+    d = local_grads_of(block)
+    for k in range(n):
+        block[k + 1] = (<_Handle>xs[k]).slot
+        d[k] = 2.0 * tape.value[block[k + 1]] * c
+    si = push_local(block, scale)
+    for k in range(n):
+        attach(<_Handle>out[k], push(MUL, mul_forward(tape.value[block[k + 1]], scale),
+                                     block[k + 1], si))
+    return out
+
+
+cdef int check_logits(list xs, str what) except -1:
+    if len(xs) == 0:
+        raise ValueError(f"{what} of an empty list of logits")
+    if len(xs) > INT32_MAX - 2:
+        raise MemoryError("fastgrad: too many terms for one node")
+    first = xs[0]
+    check_handles(xs, handle_class(first, "logits"), <_Handle>first, "logits")
+    return 0
+
+
+cdef real_t shifted_exps(real_t* xv, Py_ssize_t n, real_t* e) except? -1.0:
+    """e[k] = exp(x[k] - max(x)) (x - m is x + (-m), as Value - number builds it); returns
+    their sum, started at 0 as sum() starts."""
+    cdef real_t m = max_of(xv, n), total = 0.0
+    cdef Py_ssize_t k
+    for k in range(n):
+        exp_forward(add_forward(xv[k], -m), &e[k])
+        total = total + e[k]
+    return total
+
+
+def _softmax(logits):
+    """m = max(v.data for v in logits); exps = [(v - m).exp() for v in logits];
+    total = sum(exps); [e / total for e in exps]: total is one LOCAL node over the logits
+    (d total / d x_k = e_k), each output a LOCAL node over (x_k, total)."""
+    cdef list xs = logits if type(logits) is list else list(logits)
+    cdef Py_ssize_t n = len(xs), k
+    cdef bint grad = recording()
+    cdef real_t* xv = NULL
+    cdef real_t total, r, dr
+    cdef node_t* block
+    cdef real_t* d
+    cdef node_t ti
+    cdef list out
+    cdef Blocks blocks
+    blocks.items = NULL
+    blocks.size = 0
+    check_logits(xs, "softmax")
+    try:
+        safe_realloc(<void**>&xv, 2 * n, sizeof(real_t))   # the logits, then their exps
+        read_values(xs, xv)
+        total = shifted_exps(xv, n, &xv[n])
+        pow_forward(total, -1.0, &r)            # e / total is e * total ** -1
+        if grad:
+            blocks_init(&blocks, n + 1)
+            blocks_new(&blocks, <node_t>n)
+            for k in range(n):
+                blocks_new(&blocks, 2)
+        out = new_handles(type(xs[0]), n)
+        reserve(<node_t>(n + 1))
+    except BaseException:
+        blocks_free(&blocks, False)
+        PyMem_Free(xv)
+        raise
+    if not grad:
+        for k in range(n):
+            attach(<_Handle>out[k], push(LEAF, mul_forward(xv[n + k], r), -1, -1))
+        PyMem_Free(xv)
+        return out
+    block = blocks.items[0]
+    d = local_grads_of(block)
+    for k in range(n):
+        block[k + 1] = (<_Handle>xs[k]).slot
+        d[k] = exp_da(xv[n + k])                # through exp, and x - m's 1
+    ti = push_local(block, total)
+    dr = pow_da(total, -1.0)
+    for k in range(n):
+        block = blocks.items[k + 1]
+        d = local_grads_of(block)
+        block[1] = (<_Handle>xs[k]).slot
+        block[2] = ti
+        d[0] = mul_da(r) * exp_da(xv[n + k])    # e_k * r, through e_k
+        d[1] = mul_db(xv[n + k]) * dr           # through total ** -1
+        attach(<_Handle>out[k], push_local(block, mul_forward(xv[n + k], r)))
+    blocks_free(&blocks, True)
+    PyMem_Free(xv)
+    return out
+
+
+def _cross_entropy(logits, Py_ssize_t target):
+    """-log softmax(logits)[target] as log(sum(exps)) - (x_target - m), one LOCAL node over
+    the logits: d / d x_k = e_k / total, less 1 at the target. target is in range."""
+    cdef list xs = logits if type(logits) is list else list(logits)
+    cdef Py_ssize_t n = len(xs), k
+    cdef real_t* xv = NULL
+    cdef real_t total, lse, inv, loss
+    cdef node_t* block = NULL
+    cdef real_t* d
+    cdef _Handle h
+    check_logits(xs, "cross_entropy")
+    try:
+        safe_realloc(<void**>&xv, 2 * n, sizeof(real_t))
+        read_values(xs, xv)
+        total = shifted_exps(xv, n, &xv[n])
+        log_forward(total, &lse)
+        # log(total) - (x_t - m): subtracting is adding the negation, exactly
+        loss = lse - add_forward(xv[target], -max_of(xv, n))
+        if recording():
+            block = new_local_block(<node_t>n)
+        h = new_handles(type(xs[0]), 1)[0]
+        reserve(1)
+    except BaseException:
+        PyMem_Free(block)
+        PyMem_Free(xv)
+        raise
+    if block == NULL:
+        PyMem_Free(xv)
+        return attach(h, push(LEAF, loss, -1, -1))
+    inv = log_da(total)
+    d = local_grads_of(block)
+    for k in range(n):
+        block[k + 1] = (<_Handle>xs[k]).slot
+        d[k] = exp_da(xv[n + k]) * inv - (1.0 if k == target else 0.0)
+    PyMem_Free(xv)
+    return attach(h, push_local(block, loss))

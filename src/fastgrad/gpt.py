@@ -1,0 +1,168 @@
+"""microgpt's model on fastgrad's fused layers: `python -m fastgrad.gpt [steps]`.
+
+The same one-layer GPT as microgpt (and examples/microgpt.py): 16-wide embeddings, 4
+heads, 16 positions, a ReLU MLP, a KV cache, trained one name per step with Adam (betas
+0.85 and 0.99, eps 1e-8, lr 0.01 decaying linearly to 0), then sampled at temperature
+0.5. Here each layer is one call of fastgrad.functional (linear, rmsnorm, softmax,
+cross_entropy), which builds its nodes in C, and fastgrad.optim.Adam updates the
+parameters in a C loop. Seeded the same way, it draws the same weights as the
+pure-Python script and trains along its loss curve to rounding.
+
+    gpt = GPT()                        # random.seed(seed), the names shuffled, weights drawn
+    for step in range(1000):
+        loss = gpt.train_step(step, 1000)
+    print(gpt.sample())                # under no_grad: no graph is recorded
+
+Run as a module it trains for 1,000 steps with a progress bar, prints 20 sampled names
+and writes the loss curve to gpt-output/loss.png (matplotlib and tqdm: the demo extra).
+"""
+from __future__ import annotations
+
+import random
+import sys
+from typing import Any
+
+from fastgrad import functional as F
+from fastgrad import optim
+from fastgrad.datasets import names
+from fastgrad.engine import Value
+from fastgrad.grad_mode import no_grad
+
+
+class GPT:
+    """microgpt's model, data and optimizer; `Value` is the class its weights are made of
+    (fastgrad.engine.Value, fastgrad.microgpt.Value, or either engine's)."""
+
+    n_layer, n_embd, n_head, block_size = 1, 16, 4, 16
+
+    def __init__(self, seed: int = 42, Value: Any = Value) -> None:
+        random.seed(seed)
+        self.docs = names()
+        random.shuffle(self.docs)
+        self.chars = sorted(set(''.join(self.docs)))
+        self.bos = len(self.chars)
+        self.vocab_size = len(self.chars) + 1
+        self.head_dim = self.n_embd // self.n_head
+        n, v = self.n_embd, self.vocab_size
+
+        def matrix(rows: int, cols: int, std: float = 0.08) -> list[list[Any]]:
+            return [[Value(random.gauss(0, std)) for _ in range(cols)] for _ in range(rows)]
+
+        # drawn in microgpt's order, so that one seed gives its weights
+        self.weights = {'wte': matrix(v, n), 'wpe': matrix(self.block_size, n),
+                        'lm_head': matrix(v, n)}
+        for layer in range(self.n_layer):
+            for name, rows, cols in (('attn_wq', n, n), ('attn_wk', n, n), ('attn_wv', n, n),
+                                     ('attn_wo', n, n), ('mlp_fc1', 4 * n, n),
+                                     ('mlp_fc2', n, 4 * n)):
+                self.weights[f'layer{layer}.{name}'] = matrix(rows, cols)
+        self.params = [p for mat in self.weights.values() for row in mat for p in row]
+        self.lr = 0.01
+        self.optimizer = optim.Adam(self.params, lr=self.lr, betas=(0.85, 0.99), eps=1e-8)
+
+    def tokens(self, doc: str) -> list[int]:
+        return [self.bos] + [self.chars.index(c) for c in doc] + [self.bos]
+
+    def forward(self, token: int, pos: int, keys: list[list[Any]],
+                values: list[list[Any]]) -> list[Any]:
+        """The logits of the next token after `token` at `pos`; keys and values are the
+        cache of the earlier positions, one list per layer, appended to here."""
+        W, hd = self.weights, self.head_dim
+        x = F.rmsnorm([t + p for t, p in zip(W['wte'][token], W['wpe'][pos])])
+        for layer in range(self.n_layer):
+            skip = x
+            x = F.rmsnorm(x)
+            q = F.linear(x, W[f'layer{layer}.attn_wq'])
+            keys[layer].append(F.linear(x, W[f'layer{layer}.attn_wk']))
+            values[layer].append(F.linear(x, W[f'layer{layer}.attn_wv']))
+            heads = []
+            for h in range(self.n_head):
+                lo = h * hd
+                # q . k_t for every cached position, scaled as microgpt scales it
+                scores = [s / hd ** 0.5 for s in F.linear(
+                    q[lo:lo + hd], [k[lo:lo + hd] for k in keys[layer]])]
+                attn = F.softmax(scores)
+                # sum over t of attn[t] * v_t, one output per dimension of the head
+                heads += F.linear(attn, [[v[lo + j] for v in values[layer]] for j in range(hd)])
+            x = F.linear(heads, W[f'layer{layer}.attn_wo'])
+            x = [a + b for a, b in zip(x, skip)]
+            skip = x
+            x = [h.relu() for h in F.linear(F.rmsnorm(x), W[f'layer{layer}.mlp_fc1'])]
+            x = F.linear(x, W[f'layer{layer}.mlp_fc2'])
+            x = [a + b for a, b in zip(x, skip)]
+        return F.linear(x, W['lm_head'])
+
+    def loss(self, doc: str) -> Any:
+        """The mean cross-entropy of predicting each next token of doc (one graph)."""
+        tokens = self.tokens(doc)
+        n = min(self.block_size, len(tokens) - 1)
+        keys: list[list[Any]] = [[] for _ in range(self.n_layer)]
+        values: list[list[Any]] = [[] for _ in range(self.n_layer)]
+        losses = [F.cross_entropy(self.forward(tokens[pos], pos, keys, values), tokens[pos + 1])
+                  for pos in range(n)]
+        return (1 / n) * sum(losses)
+
+    def train_step(self, step: int, num_steps: int) -> float:
+        """One step on name number `step`: loss, backward, Adam with the lr decayed
+        linearly over num_steps. Returns the loss."""
+        loss = self.loss(self.docs[step % len(self.docs)])
+        loss.backward()
+        self.optimizer.param_groups[0]['lr'] = self.lr * (1 - step / num_steps)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        return float(loss.data)
+
+    def sample(self, temperature: float = 0.5) -> str:
+        """A name drawn token by token until the model emits BOS, with no graph recorded."""
+        with no_grad():
+            keys: list[list[Any]] = [[] for _ in range(self.n_layer)]
+            values: list[list[Any]] = [[] for _ in range(self.n_layer)]
+            token, out = self.bos, []
+            for pos in range(self.block_size):
+                logits = self.forward(token, pos, keys, values)
+                probs = F.softmax([logit / temperature for logit in logits])
+                token = random.choices(range(self.vocab_size), weights=[p.data for p in probs])[0]
+                if token == self.bos:
+                    break
+                out.append(self.chars[token])
+        return ''.join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import os
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tqdm import tqdm
+
+    args = sys.argv[1:] if argv is None else argv
+    num_steps = int(args[0]) if args else 1000
+    gpt = GPT()
+    print(f"{len(gpt.docs)} names, vocabulary {gpt.vocab_size}, {len(gpt.params)} parameters")
+    losses = []
+    bar = tqdm(range(num_steps), desc="training", unit="step")
+    for step in bar:
+        losses.append(gpt.train_step(step, num_steps))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    bar.close()
+    for i in range(20):
+        print(f"sample {i + 1:2d}: {gpt.sample()}")
+    os.makedirs("gpt-output", exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(losses, lw=0.6, alpha=0.5, label="loss per step")
+    window = 50
+    if len(losses) >= window:
+        smooth = [sum(losses[k - window:k]) / window for k in range(window, len(losses) + 1)]
+        ax.plot(range(window - 1, len(losses)), smooth, label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title("microgpt on fastgrad's fused layers")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig("gpt-output/loss.png", dpi=120)
+    print("loss curve: gpt-output/loss.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""fastgrad.functional's fused layers on both engines and both Value classes: values bit
+for bit equal to the list expressions they stand for (microgpt's linear, rmsnorm and
+softmax), grads equal to the expressions' to rounding, shape errors that change
+nothing, and allocation failures that leave no half-built layer."""
+import math
+import random
+import struct
+
+import pytest
+
+from fastgrad import functional as F
+from fastgrad import no_grad, reference
+
+compiled = pytest.mark.compiled
+
+
+def classes():
+    out = [pytest.param(reference.Value, id="reference-Value"),
+           pytest.param(reference.GptValue, id="reference-GptValue")]
+    try:
+        from fastgrad import _core
+        out += [pytest.param(_core.Value, id="compiled-Value", marks=compiled),
+                pytest.param(_core.GptValue, id="compiled-GptValue", marks=compiled)]
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.fixture(params=classes())
+def V(request):
+    return request.param
+
+
+def bits(x):
+    return struct.pack("<d", x)
+
+
+# the list expressions, as microgpt writes them
+def linear(x, w):
+    return [sum(wi * xi for wi, xi in zip(row, x)) for row in w]
+
+
+def rmsnorm(x, eps=1e-5):
+    ms = sum(xi * xi for xi in x) / len(x)
+    scale = (ms + eps) ** -0.5
+    return [xi * scale for xi in x]
+
+
+def softmax(logits):
+    top = max(v.data for v in logits)
+    exps = [(v - top).exp() for v in logits]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def cross_entropy(logits, target):        # fastgrad's: log-sum-exp minus the shifted logit
+    top = max(v.data for v in logits)
+    shifted = [v - top for v in logits]
+    exps = [s.exp() for s in shifted]
+    return sum(exps[1:], exps[0]).log() - shifted[target]
+
+
+def grads_of(outputs, leaves, V):
+    """The leaves' grads from backward() of a weighted sum of the outputs."""
+    for p in leaves:
+        p.grad = 0.0
+    total = sum((o * (1.0 + 0.37 * k) for k, o in enumerate(outputs)), V(0.0))
+    total.backward()
+    return [p.grad for p in leaves]
+
+
+def same_values_and_grads(fused, plain, leaves, V, rel=1e-12):
+    a, b = fused(), plain()
+    assert [bits(v.data) for v in a] == [bits(v.data) for v in b]
+    ga, gb = grads_of(a, leaves, V), grads_of(b, leaves, V)
+    assert ga == [pytest.approx(g, rel=rel, abs=1e-300) for g in gb]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_linear_equals_the_sum_of_products(V, seed):
+    rnd = random.Random(seed)
+    n, m = rnd.randint(1, 20), rnd.randint(1, 8)
+    x = [V(rnd.gauss(0, 1)) for _ in range(n)]
+    w = [[V(rnd.gauss(0, 1)) for _ in range(n)] for _ in range(m)]
+    same_values_and_grads(lambda: F.linear(x, w), lambda: linear(x, w), x + sum(w, []), V)
+    # a number in x becomes a leaf, as wi * xi makes one
+    xs = [v.data if k % 3 == 0 else v for k, v in enumerate(x)]
+    same_values_and_grads(lambda: F.linear(xs, w), lambda: linear(xs, w), sum(w, []), V)
+
+
+def test_linear_keeps_the_sign_of_zero_as_sum_does(V):
+    w = [[V(-0.0)], [V(-1.0)]]
+    out = F.linear([V(1.0)], w)
+    assert [bits(v.data) for v in out] == [bits(v.data) for v in linear([V(1.0)], w)]
+
+
+def test_attention_through_linear(V):
+    rnd = random.Random(9)
+    hd, t = 4, 5
+    q = [V(rnd.gauss(0, 1)) for _ in range(hd)]
+    keys = [[V(rnd.gauss(0, 1)) for _ in range(hd)] for _ in range(t)]
+    vals = [[V(rnd.gauss(0, 1)) for _ in range(hd)] for _ in range(t)]
+    leaves = q + sum(keys, []) + sum(vals, [])
+
+    def fused():
+        weights = F.softmax([s / hd ** 0.5 for s in F.linear(q, keys)])
+        return F.linear(weights, [[v[j] for v in vals] for j in range(hd)])
+
+    def plain():
+        scores = [sum(q[j] * k[j] for j in range(hd)) / hd ** 0.5 for k in keys]
+        weights = softmax(scores)
+        return [sum(weights[s] * vals[s][j] for s in range(t)) for j in range(hd)]
+    same_values_and_grads(fused, plain, leaves, V, rel=1e-11)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rmsnorm_equals_the_expression(V, seed):
+    rnd = random.Random(seed)
+    x = [V(rnd.gauss(0, 2)) for _ in range(rnd.randint(1, 24))]
+    same_values_and_grads(lambda: F.rmsnorm(x), lambda: rmsnorm(x), x, V)
+    same_values_and_grads(lambda: F.rmsnorm(x, eps=0.25), lambda: rmsnorm(x, 0.25), x, V)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_softmax_and_cross_entropy_equal_the_expressions(V, seed):
+    rnd = random.Random(seed)
+    x = [V(rnd.gauss(0, 3)) for _ in range(rnd.randint(1, 30))]
+    same_values_and_grads(lambda: F.softmax(x), lambda: softmax(x), x, V)
+    t = rnd.randrange(len(x))
+    same_values_and_grads(lambda: [F.cross_entropy(x, t)], lambda: [cross_entropy(x, t)], x, V)
+    same_values_and_grads(lambda: [F.cross_entropy(x, -1)],
+                          lambda: [cross_entropy(x, len(x) - 1)], x, V)
+
+
+def test_gradcheck_of_every_layer(V):
+    from fastgrad import gradcheck
+    if V.__name__ == "GptValue":
+        pytest.skip("gradcheck makes fastgrad.engine Values")
+    xs = [0.3, -1.2, 0.8, 2.0]
+    assert gradcheck(lambda *v: sum(F.rmsnorm(list(v))[k] * (k + 1) for k in range(4)), xs)
+    assert gradcheck(lambda *v: F.softmax(list(v))[1] * 3 + F.softmax(list(v))[2], xs)
+    assert gradcheck(lambda *v: F.cross_entropy(list(v), 2), xs)
+    assert gradcheck(lambda *v: F.linear(list(v[:2]), [list(v[2:])])[0], xs)
+
+
+def test_one_node_per_output_where_it_makes_backward_cheap(V):
+    x = [V(0.1 * k) for k in range(6)]
+    w = [[V(0.2 * k) for k in range(6)] for _ in range(3)]
+    kids = (lambda v: v._prev) if hasattr(V, "_prev") else (lambda v: set(v._children))
+    out = F.linear(x, w)
+    assert all(kids(o) == set(x) | set(row) for o, row in zip(out, w))
+    loss = F.cross_entropy(x, 2)
+    assert kids(loss) == set(x)
+    probs = F.softmax(x)
+    total = (kids(probs[0]) - {x[0]}).pop()    # each probability: its logit and the sum
+    assert all(kids(p) == {xi, total} for p, xi in zip(probs, x)) and kids(total) == set(x)
+
+
+def test_no_grad_gives_leaves(V):
+    x = [V(0.5), V(-0.25), V(2.0)]
+    w = [[V(1.0), V(2.0), V(3.0)]]
+    with no_grad():
+        outs = F.linear(x, w) + F.rmsnorm(x) + F.softmax(x) + [F.cross_entropy(x, 0)]
+    plain = linear(x, w) + rmsnorm(x) + softmax(x) + [cross_entropy(x, 0)]
+    assert [o.data for o in outs] == [p.data for p in plain]
+    kids = (lambda v: v._prev) if hasattr(V, "_prev") else (lambda v: v._children)
+    assert all(not kids(o) for o in outs)
+
+
+def test_large_logits_stay_finite(V):
+    x = [V(1000.0), V(-1000.0), V(999.0)]
+    loss = F.cross_entropy(x, 1)
+    loss.backward()
+    assert math.isfinite(loss.data) and all(math.isfinite(v.grad) for v in x)
+    assert all(math.isfinite(p.data) for p in F.softmax(x))
+
+
+def test_recompute_refuses_fused_nodes(V):
+    x = [V(0.5), V(1.5)]
+    loss = F.cross_entropy(F.linear(x, [[V(1.0), V(2.0)], [V(0.5), V(0.1)]]), 0)
+    with pytest.raises(TypeError, match="rebuild the graph"):
+        loss.recompute()
+
+
+def arena_live():
+    try:
+        from fastgrad import _core
+    except ImportError:
+        return None
+    return _core._tape_stats()["live"]
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda V, x, w: F.linear(x, [w[0], w[1][:2]]), ValueError),      # ragged rows
+    (lambda V, x, w: F.linear(x[:2], w), ValueError),                  # len(x) != len(row)
+    (lambda V, x, w: F.linear([], [[]]), ValueError),                  # empty x
+    (lambda V, x, w: F.linear(x, [[1.0, 2.0, 3.0]]), TypeError),       # weights not Values
+    (lambda V, x, w: F.linear(["a", x[1], x[2]], w), TypeError),
+    (lambda V, x, w: F.rmsnorm([]), ValueError),
+    (lambda V, x, w: F.rmsnorm(x + [1.0]), TypeError),
+    (lambda V, x, w: F.rmsnorm(x, eps="big"), TypeError),
+    (lambda V, x, w: F.rmsnorm([V(0.0)], eps=0.0), ZeroDivisionError),  # 0 ** -0.5, as Value
+    (lambda V, x, w: F.softmax([]), ValueError),
+    (lambda V, x, w: F.softmax([x[0], 2.0]), TypeError),
+    (lambda V, x, w: F.cross_entropy(x, 3), IndexError),
+    (lambda V, x, w: F.cross_entropy(x, 1.0), TypeError),
+], ids=["ragged", "mismatch", "empty-x", "number-weights", "str-x", "rms-empty", "rms-number",
+        "rms-eps", "rms-zero", "softmax-empty", "softmax-number", "ce-range", "ce-float"])
+def test_bad_input_changes_nothing(V, call, error):
+    x = [V(0.5), V(-1.0), V(2.0)]
+    w = [[V(0.1), V(0.2), V(0.3)], [V(0.4), V(0.5), V(0.6)]]
+    y = F.linear(x, w)[0] * x[0]
+    before = arena_live()
+    with pytest.raises(error):
+        call(V, x, w)
+    assert arena_live() == before
+    y.backward()                        # the existing graph is intact
+    assert x[0].grad == pytest.approx(0.1 * 0.5 + (0.1 * 0.5 + 0.2 * -1.0 + 0.3 * 2.0))
+
+
+@compiled
+@pytest.mark.parametrize("layer", ["linear", "linear-numbers", "rmsnorm", "softmax",
+                                   "cross_entropy", "gpt-value"])
+def test_failed_allocation_leaves_no_half_built_layer(layer):
+    from fastgrad import _core
+    V = _core.Value if layer != "gpt-value" else _core.GptValue
+    x = [V(0.1 * k + 0.05) for k in range(8)]
+    w = [[V(0.01 * (j + k)) for j in range(8)] for k in range(5)]
+    make = {
+        "linear": lambda: F.linear(x, w),
+        "linear-numbers": lambda: F.linear([0.5] * 4 + x[4:], w),
+        "rmsnorm": lambda: F.rmsnorm(x),
+        "softmax": lambda: F.softmax(x),
+        "cross_entropy": lambda: F.cross_entropy(x, 3),
+        "gpt-value": lambda: V(1.0, tuple(x), tuple(range(8))),
+    }[layer]
+    expected = make()
+    expected = [v.data for v in (expected if isinstance(expected, list) else [expected])]
+    failures = 0
+    for fail_after in range(40):
+        before = _core._tape_stats()["live"]
+        _core._test_fail_allocs(fail_after)
+        try:
+            out = make()
+        except MemoryError:
+            failures += 1
+            _core._test_fail_allocs(-1)
+            assert _core._tape_stats()["live"] == before
+            continue
+        finally:
+            _core._test_fail_allocs(-1)
+        got = out if isinstance(out, list) else [out]
+        assert [v.data for v in got] == expected
+        break
+    assert failures > 0                 # some allocation was made and failed
