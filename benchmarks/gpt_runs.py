@@ -32,3 +32,151 @@ def load_script(import_line=None):
     module.__file__ = str(SCRIPT)
     exec(compile(text, str(SCRIPT), "exec"), module.__dict__)
     return module
+
+
+# ------------------------------------------------------------------------ the workload
+
+import gc  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+# engine -> (what it is, rounds). A round loads a fresh, identically seeded model, runs
+# step 0 untimed (warm-up), then times steps 1 .. STEPS: the same names on every engine,
+# so the ratios compare like with like (a step's cost grows with its name's length).
+ENGINES = {
+    "microgpt-style": ("pure Python, a Value written the microgpt way (examples/microgpt.py)", 3),
+    "reference": ("fastgrad.reference.Value, the script unchanged but for the import", 2),
+    "fastgrad": ("fastgrad.engine.Value (drop-in: the script unchanged but for the import)", 7),
+    "fastgrad-microgpt": ("fastgrad.microgpt.Value (drop-in)", 7),
+    "fastgrad-fused": ("fastgrad.gpt: fastgrad.functional layers + fastgrad.optim.Adam", 21),
+    "torch": ("torch, batched per position (float64, one thread)", 7),
+}
+STEPS = 8
+NUM_STEPS = 1000            # the lr schedule's length
+SAMPLES = 11                # names sampled (after the timed steps) for the inference column
+
+
+def runner(name):
+    """(train_step(k) -> loss, sample() -> str or None) for one engine, freshly seeded.
+    Sampling runs under no_grad where the engine has it (the pure-Python script has not:
+    it records the graph of every sampled token, as microgpt does)."""
+    import fastgrad
+    if name == "fastgrad-fused":
+        from fastgrad._core import Value
+        from fastgrad.gpt import GPT
+        gpt = GPT(Value=Value)
+        return (lambda k: gpt.train_step(k, NUM_STEPS)), gpt.sample
+    if name == "torch":
+        import torch_gpt
+        model = torch_gpt.TorchGPT(load_script("from fastgrad.reference import Value"))
+        return (lambda k: model.train_step(k, NUM_STEPS)), None
+    script = load_script(DROP_INS[name])
+
+    def sample():
+        if name == "microgpt-style":
+            return script.sample()
+        with fastgrad.no_grad():
+            return script.sample()
+    return (lambda k: script.train_step(k, NUM_STEPS)), sample
+
+
+def bench(available_torch):
+    """ms per training step on every engine (losses checked against the baseline's), and
+    ms per name sampled."""
+    import random
+    results = {}
+    baseline = None
+    for name, (what, rounds) in ENGINES.items():
+        if name == "torch" and not available_torch:
+            continue
+        print(f"  microgpt    {name:<17} {rounds} rounds of {STEPS} steps ...",
+              file=sys.stderr, flush=True)
+        times, samples = [], []
+        for _ in range(rounds):
+            step, sample = runner(name)
+            losses = [step(0)]
+            gc.collect()
+            t0 = time.perf_counter()
+            losses += [step(k) for k in range(1, STEPS + 1)]
+            times.append((time.perf_counter() - t0) / STEPS)
+            if sample is not None:
+                random.seed(0)
+                t0 = time.perf_counter()
+                for _ in range(SAMPLES):
+                    sample()
+                samples.append((time.perf_counter() - t0) / SAMPLES)
+        entry = {"what": what, "median": statistics.median(times) * 1e3, "unit": "ms/step",
+                 "rounds": rounds, "times": times, "losses": losses}
+        if samples:
+            entry["sample_ms"] = statistics.median(samples) * 1e3
+        if baseline is None:
+            baseline = losses
+        rel = 1e-9 if name in DROP_INS else 1e-6    # the fused layers round differently
+        entry["matched"] = all(abs(a - b) <= rel * abs(b) for a, b in zip(losses, baseline))
+        print(f"    median {entry['median']:,.3f} ms/step" +
+              ("" if entry["matched"] else "   ** LOSSES DIFFER FROM THE BASELINE **"),
+              file=sys.stderr, flush=True)
+        results[name] = entry
+        gc.collect()
+    results["memory"] = memory()
+    return results
+
+
+MEMORY_SCRIPT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import gpt_runs
+def rss_mb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+out = {}
+for name in ("fastgrad-fused", "fastgrad"):
+    step, _ = gpt_runs.runner(name)
+    at = {}
+    for k in range(1000):
+        step(k)
+        if k + 1 in (100, 1000):
+            at[k + 1] = rss_mb()
+    out[name] = at
+print(out)
+"""
+
+
+def memory():
+    """RSS at steps 100 and 1,000 of a fused and a drop-in run, in a fresh interpreter."""
+    import ast
+    import os
+    print("  microgpt    memory over 1,000 steps (fresh interpreter) ...", file=sys.stderr, flush=True)
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, os.path.dirname(__file__)],
+                         capture_output=True, text=True, timeout=1200)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1]}
+    return ast.literal_eval(out.stdout.strip())
+
+
+def table(results):
+    base = results.get("microgpt-style", {}).get("median")
+    lines = ["| engine | ms/step | vs microgpt-style | ms per sampled name | losses |",
+             "|---|---:|---:|---:|---|"]
+    for name, (what, _) in ENGINES.items():
+        e = results.get(name)
+        if e is None:
+            lines.append(f"| {what} | – | – | – | not installed |")
+            continue
+        ms = e["median"]
+        cell = f"{ms:,.0f}" if ms >= 100 else f"{ms:,.2f}" if ms >= 1 else f"{ms:.3f}"
+        vs = f"{base / ms:,.1f}x" if base else "–"
+        sample = f"{e['sample_ms']:.3f}" if "sample_ms" in e else "–"
+        lines.append(f"| {what} | {cell} | {vs} | {sample} | "
+                     f"{'equal' if e['matched'] else 'DIFFER'} |")
+    lines.append("| micrograd | cannot run microgpt: its Value has no exp or log | – | – | – |")
+    mem = results.get("memory", {})
+    if "error" in mem:
+        lines.append(f"\nmemory over 1,000 steps: {mem['error']}")
+    else:
+        for name, at in mem.items():
+            lines.append(f"\n{name}: RSS {at[100]:.1f} MB at step 100, {at[1000]:.1f} MB at "
+                         f"step 1,000 ({at[1000] - at[100]:+.1f} MB)")
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.setrecursionlimit(10_000)       # a notebook's usual raise; micrograd still fails deep graphs
 
+import gpt_runs  # noqa: E402
 import workloads as W  # noqa: E402
 
 ENGINE_ORDER = ["float", "fastgrad", "reference", "micrograd", "torch"]
@@ -303,7 +304,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="bench-results")
     p.add_argument("--workloads", nargs="*", default=None,
-                   help=f"subset of {list(W.WORKLOADS) + ['memory', 'scale']}")
+                   help=f"subset of {list(W.WORKLOADS) + ['memory', 'microgpt', 'scale']}")
     p.add_argument("--engines", nargs="*", default=None)
     args = p.parse_args()
 
@@ -311,8 +312,8 @@ def main():
     log(f"engines: {', '.join(available)}")
     if "micrograd" not in available:
         log("  (upstream micrograd is not installed: pip install micrograd==0.1.0)")
-    names = args.workloads or list(W.WORKLOADS) + ["memory", "scale"]
-    results, scaled = {}, {}
+    names = args.workloads or list(W.WORKLOADS) + ["memory", "microgpt", "scale"]
+    results, scaled, gpt = {}, {}, {}
     t0 = time.perf_counter()
     for k, name in enumerate(names, 1):
         log(f"[{k}/{len(names)}] {name}")
@@ -320,6 +321,8 @@ def main():
             results[name] = memory(available, args.engines)
         elif name == "scale":
             scaled = scale()
+        elif name == "microgpt":
+            gpt = gpt_runs.bench("torch" in available)
         else:
             results[name] = run_workload(W.WORKLOADS[name](), available, args.engines)
     elapsed = time.perf_counter() - t0
@@ -328,8 +331,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     info = machine()
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"machine": info, "seconds": elapsed, "results": results, "scale": scaled},
-                  f, indent=1)
+        json.dump({"machine": info, "seconds": elapsed, "results": results, "scale": scaled,
+                   "microgpt": gpt}, f, indent=1)
     try:
         chart(results, os.path.join(args.out, "ratios.png"))
         chart_note = f"chart: {os.path.join(args.out, 'ratios.png')}"
@@ -340,12 +343,17 @@ def main():
     if results:
         print(table(results, engines))
         print(f"\nmedians per unit; 'x faster' is micrograd's median over fastgrad's, from this run.")
+    if gpt:
+        print("\nmicrogpt (one training step on one name, the same seeded model and names on "
+              "every engine; medians; ratios from this run):\n")
+        print(gpt_runs.table(gpt))
     if scaled:
         print("\nScale (fastgrad, one fresh interpreter per graph; micrograd raises RecursionError "
               "on graphs a few thousand deep):\n")
         print(scale_table(scaled))
     print(f"results: {os.path.join(args.out, 'results.json')}; {chart_note}")
     wrong = [f"{w}/{e}" for w, r in results.items() for e, x in r.items() if x.get("matched") is False]
+    wrong += [f"microgpt/{e}" for e, x in gpt.items() if x.get("matched") is False]
     if wrong:
         print(f"\nWARNING: results differ from the reference engine's: {', '.join(wrong)}")
 

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import fastgrad
+from fastgrad import functional as F
 from fastgrad import reference
 from fastgrad.ops import Op
 
@@ -28,6 +29,7 @@ from op_examples import EXAMPLES, PROGRAM_OPS, inputs_of, local_derivatives
 
 core = pytest.importorskip("fastgrad._core")
 C, R = core.Value, reference.Value
+CG, RG = core.GptValue, reference.GptValue          # fastgrad.microgpt.Value's classes
 
 ERRORS = (ArithmeticError, ValueError, TypeError)
 number = st.one_of(st.floats(-3, 3, allow_nan=False), st.integers(-3, 3), st.sampled_from([0.0, -0.0, 1e-3]))
@@ -77,14 +79,108 @@ class API(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.pairs = []
+        self.gpairs = []                # microgpt-API pairs (they do not mix with pairs)
         self.grads = Grads()
 
     def pick(self, i):
         return self.pairs[i % len(self.pairs)]
 
-    def add(self, out):
+    def gpick(self, i):
+        return self.gpairs[i % len(self.gpairs)]
+
+    def add(self, out, to=None):
         if out is not None:
-            self.pairs.append(out)
+            (self.pairs if to is None else to).append(out)
+
+    def add_all(self, out, to):
+        # a fused layer's outputs (a list, or cross_entropy's one Value), as pairs
+        if out is not None:
+            a, ra = out
+            to += list(zip(a, ra)) if isinstance(a, list) else [(a, ra)]
+
+    def layer(self, pairs, kind, picks, rows, numbers, which, eps):
+        """One fused layer of fastgrad.functional over earlier nodes of one population."""
+        x = [pairs[i % len(pairs)] for i in picks]
+        if kind == 'linear':
+            w = [[pairs[(i + 7 * r) % len(pairs)] for i in picks] for r in range(rows)]
+            x = [(n, n) if n is not None else p for p, n in zip(x, numbers + [None] * len(x))]
+            return same_outcome(lambda: F.linear([a for a, _ in x], [[a for a, _ in r] for r in w]),
+                                lambda: F.linear([b for _, b in x], [[b for _, b in r] for r in w]))
+        if kind == 'rmsnorm':
+            return same_outcome(lambda: F.rmsnorm([a for a, _ in x], eps),
+                                lambda: F.rmsnorm([b for _, b in x], eps))
+        if kind == 'softmax':
+            return same_outcome(lambda: F.softmax([a for a, _ in x]),
+                                lambda: F.softmax([b for _, b in x]))
+        t = which % len(x)
+        return same_outcome(lambda: F.cross_entropy([a for a, _ in x], t),
+                            lambda: F.cross_entropy([b for _, b in x], t))
+
+    LAYER = dict(kind=st.sampled_from(['linear', 'rmsnorm', 'softmax', 'cross_entropy']),
+                 picks=st.lists(st.integers(0, 99), min_size=1, max_size=6),
+                 rows=st.integers(0, 3), numbers=st.lists(st.one_of(st.none(), number), max_size=3),
+                 which=st.integers(-6, 6), eps=st.sampled_from([1e-5, 0.5, 0.0]))
+
+    @precondition(lambda self: self.pairs)
+    @rule(**LAYER)
+    def fused_layer(self, **kw):
+        self.add_all(self.layer(self.pairs, **kw), self.pairs)
+
+    # --- microgpt's API: its own population of pairs -------------------------------
+
+    @rule(x=st.one_of(number, special))
+    def gleaf(self, x):
+        self.add((CG(x), RG(x)), self.gpairs)
+
+    @precondition(lambda self: self.gpairs)
+    @rule(op=st.sampled_from(['+', '*', '-', '/', '**', 'exp', 'log', 'relu']),
+          i=st.integers(0, 99), j=st.integers(0, 99), k=st.one_of(st.none(), number))
+    def gop(self, op, i, j, k):
+        (a, ra), (b, rb) = self.gpick(i), self.gpick(j)
+        if k is not None and op not in ('exp', 'log', 'relu'):
+            b = rb = k                  # a number operand becomes a leaf, as in microgpt
+        f = {'+': lambda x, y: x + y, '*': lambda x, y: x * y, '-': lambda x, y: x - y,
+             '/': lambda x, y: x / y, '**': lambda x, y: x ** (y if k is not None else 2),
+             'exp': lambda x, y: x.exp(), 'log': lambda x, y: x.log(),
+             'relu': lambda x, y: x.relu()}[op]
+        self.add(same_outcome(lambda: f(a, b), lambda: f(ra, rb)), self.gpairs)
+
+    @precondition(lambda self: self.gpairs)
+    @rule(picks=st.lists(st.integers(0, 99), max_size=4),
+          grads=st.lists(st.one_of(number, special), max_size=4), x=number)
+    def gcustom(self, picks, grads, x):
+        # Value(data, children, local_grads); different lengths must fail on both engines
+        kids = [self.gpick(i) for i in picks]
+        self.add(same_outcome(lambda: CG(x, tuple(a for a, _ in kids), tuple(grads)),
+                              lambda: RG(x, tuple(b for _, b in kids), tuple(grads))),
+                 self.gpairs)
+
+    @precondition(lambda self: self.gpairs)
+    @rule(**LAYER)
+    def gfused_layer(self, **kw):
+        self.add_all(self.layer(self.gpairs, **kw), self.gpairs)
+
+    @precondition(lambda self: self.gpairs)
+    @rule(i=st.integers(0, 99))
+    def gbackward(self, i):
+        a, ra = self.gpick(i)
+        a.backward()
+        ra.backward()
+        self.grads.backward(ra)
+
+    @precondition(lambda self: self.gpairs)
+    @rule(i=st.integers(0, 99))
+    def gdrop_or_children(self, i):
+        # walk down through _children (handles re-made where none lived), or drop a pair
+        a, ra = self.gpick(i)
+        kids, rkids = a._children, ra._children
+        assert [k.data for k in kids] == [k.data for k in rkids] or any(
+            math.isnan(k.data) for k in rkids)
+        assert a._local_grads == ra._local_grads or any(map(math.isnan, ra._local_grads))
+        if i % 3 == 0:
+            del self.gpairs[i % len(self.gpairs)]
+        else:
+            self.gpairs += list(zip(kids, rkids))
 
     @rule(x=st.one_of(number, special), label=st.sampled_from(['', 'x', 'w']))
     def leaf(self, x, label):
@@ -248,11 +344,14 @@ class API(RuleBasedStateMachine):
 
     @invariant()
     def engines_agree(self):
-        for a, ra in self.pairs:
+        for a, ra in self.pairs + self.gpairs:
             assert a.data == ra.data or (math.isnan(a.data) and math.isnan(ra.data)), (a, ra)
             assert math.copysign(1, a.data) == math.copysign(1, ra.data) or math.isnan(a.data)
             assert close(a.grad, ra.grad, self.grads.of(ra)), (a, ra, self.grads.of(ra))
+        for a, ra in self.pairs:
             assert (a._op, a.label, len(a._prev)) == (ra._op, ra.label, len(ra._prev))
+        for a, ra in self.gpairs:
+            assert len(a._children) == len(ra._children)
 
 
 SHORT = settings(max_examples=60, stateful_step_count=40, deadline=None,

@@ -278,3 +278,17 @@ def test_fused_sampling_records_no_graph():
     assert isinstance(name, str) and set(name) <= set(gpt.chars)
     if before is not None:
         assert live(pytest.importorskip("fastgrad._core").GptValue) == before
+
+
+@pytest.mark.unsanitized               # (matplotlib cannot run under AddressSanitizer)
+def test_the_gpt_example_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    # `python -m fastgrad.gpt`, shortened: progress, 20 names, the loss curve as a PNG
+    from fastgrad import gpt
+    monkeypatch.chdir(tmp_path)
+    gpt.main(["3"])
+    out = capsys.readouterr()
+    samples = [line for line in out.out.splitlines() if line.startswith("sample")]
+    assert len(samples) == 20
+    png = tmp_path / "gpt-output" / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "training" in out.err            # tqdm's progress bar

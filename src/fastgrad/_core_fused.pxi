@@ -40,13 +40,22 @@ cdef void blocks_free(Blocks* b, bint given) noexcept:
 
 
 cdef node_t push_local(node_t* block, real_t value) noexcept:
-    """A LOCAL node of the given value owning block (its children and derivatives set)."""
+    """A LOCAL node of the given value owning block (its children and derivatives set):
+    add_ref and descends_to for each child, with the arrays read once (pin, the rare
+    case, runs no Python code and moves no array)."""
     cdef node_t i = push(LOCAL, value, -1, -1)
-    cdef node_t k
+    cdef node_t k, c
+    cdef int32_t* refs = tape.refs
+    cdef uint16_t* flags = tape.flags
+    cdef uint16_t descends = DESCENDS
     tape.param[i].kids = block
     for k in range(1, block[0] + 1):
-        add_ref(block[k])
-        tape.flags[i] &= descends_to(i, block[k]) | ~DESCENDS
+        c = block[k]
+        refs[c] += 1
+        if (flags[c] & (HAS_FN | PINNED)) == HAS_FN:
+            pin(c)
+        descends &= flags[c] if c < i else 0
+    flags[i] &= descends | ~DESCENDS
     return i
 
 
@@ -98,11 +107,11 @@ def _linear(x, w):
     cdef list rows = [row_ if type(row_) is list else list(row_) for row_ in w]
     cdef Py_ssize_t n = len(xs), m = len(rows), r, k, numbers = 0
     cdef bint grad = recording()
-    cdef real_t* xval = NULL
-    cdef node_t* xslot = NULL
-    cdef node_t* block
-    cdef real_t* d
-    cdef real_t acc
+    cdef real_t* xval = NULL            # x's values, then each row's sum
+    cdef node_t* xslot = NULL           # x's slots (-1 for a number until its leaf is made)
+    cdef node_t* block = NULL
+    cdef real_t* d = NULL
+    cdef real_t acc, wv
     cdef node_t s
     cdef list row, out
     cdef Blocks blocks
@@ -120,10 +129,8 @@ def _linear(x, w):
         raise MemoryError("fastgrad: too many terms for one node")
     first = (<list>rows[0])[0]
     kind = handle_class(first, "linear's weights")
-    for r in range(m):
-        check_handles(<list>rows[r], kind, <_Handle>first, "linear's weights")
     try:
-        safe_realloc(<void**>&xval, n, sizeof(real_t))
+        safe_realloc(<void**>&xval, n + m, sizeof(real_t))
         safe_realloc(<void**>&xslot, n, sizeof(node_t))
         for k in range(n):
             v = xs[k]
@@ -139,8 +146,26 @@ def _linear(x, w):
                 raise TypeError(f"linear's x must be Values or numbers, not {type(v).__name__!r}")
         if grad:
             blocks_init(&blocks, m)
-            for r in range(m):
-                blocks_new(&blocks, <node_t>(2 * n))
+        # one pass per row: check each weight, sum the row, fill its node's block
+        for r in range(m):
+            row = <list>rows[r]
+            if grad:
+                block = blocks_new(&blocks, <node_t>(2 * n))
+                d = local_grads_of(block)
+            acc = 0.0                   # sum() starts at 0: 0 + w0*x0 is w0*x0 + 0.0
+            for k in range(n):
+                v = row[k]
+                if type(v) is not kind:
+                    check_handles([v], kind, <_Handle>first, "linear's weights")
+                s = check_slot(<_Handle>v)
+                wv = tape.value[s]
+                acc = acc + wv * xval[k]
+                if grad:
+                    block[1 + 2 * k] = s
+                    block[2 + 2 * k] = xslot[k]
+                    d[2 * k] = mul_da(xval[k])      # d (w * x) / d w
+                    d[2 * k + 1] = mul_db(wv)       # d (w * x) / d x
+            xval[n + r] = acc
         out = new_handles(kind, m)
         reserve(<node_t>(m + numbers))
     except BaseException:
@@ -149,27 +174,18 @@ def _linear(x, w):
         PyMem_Free(xslot)
         raise
     # nothing fails from here on
-    if grad:
+    if grad and numbers:
         for k in range(n):
             if xslot[k] < 0:
                 xslot[k] = push(LEAF, xval[k], -1, -1)
+        for r in range(m):
+            for k in range(n):
+                blocks.items[r][2 + 2 * k] = xslot[k]
     for r in range(m):
-        row = <list>rows[r]
-        acc = 0.0                       # sum() starts at 0: 0 + w0*x0 is w0*x0 + 0.0
-        for k in range(n):
-            acc = acc + tape.value[(<_Handle>row[k]).slot] * xval[k]
-        if not grad:
-            attach(<_Handle>out[r], push(LEAF, acc, -1, -1))
-            continue
-        block = blocks.items[r]
-        d = local_grads_of(block)
-        for k in range(n):
-            s = (<_Handle>row[k]).slot
-            block[1 + 2 * k] = s
-            block[2 + 2 * k] = xslot[k]
-            d[2 * k] = mul_da(xval[k])          # d (w * x) / d w
-            d[2 * k + 1] = mul_db(tape.value[s])  # d (w * x) / d x
-        attach(<_Handle>out[r], push_local(block, acc))
+        if grad:
+            attach(<_Handle>out[r], push_local(blocks.items[r], xval[n + r]))
+        else:
+            attach(<_Handle>out[r], push(LEAF, xval[n + r], -1, -1))
     blocks_free(&blocks, True)
     PyMem_Free(xval)
     PyMem_Free(xslot)

@@ -32,12 +32,17 @@ from fastgrad.engine import Value
 Number = Union[int, float]
 
 
+# each Value class's engine, for dispatch (each engine's helper checks all the Values)
+_ENGINE_OF = {cls: m for m in ENGINES for cls in (m.Value, m.GptValue)}
+
+
 def _engine_of(values: Sequence[Any]) -> ModuleType:
-    # the engine of the first Value among values (each engine checks all of them)
+    # the engine of the first Value among values; with none, the chosen engine's helper
+    # raises the error
     for v in values:
-        for module in ENGINES:
-            if type(v) is module.Value or type(v) is module.GptValue:
-                return module
+        module = _ENGINE_OF.get(type(v))
+        if module is not None:
+            return module
     return engine
 
 
@@ -47,8 +52,10 @@ def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]]) -> list[Va
     len(x) weights. Attention works through it too: linear(q, keys) gives the logits
     q . k_t, and linear(weights, [[v[j] for v in values] for j ...]) the head's output."""
     rows = w if isinstance(w, list) else list(w)
-    first_row = rows[0] if rows else ()
-    return _engine_of(list(first_row[:1]) + list(x[:1]))._linear(x, rows)
+    if rows and not isinstance(rows[0], (list, tuple)):
+        rows = [list(r) for r in rows]
+    probe = (rows[0][0],) if rows and rows[0] else tuple(x[:1])
+    return _engine_of(probe)._linear(x, rows)
 
 
 def rmsnorm(x: Sequence[Value], eps: float = 1e-5) -> list[Value]:

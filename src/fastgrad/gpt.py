@@ -57,6 +57,9 @@ class GPT:
                                      ('mlp_fc2', n, 4 * n)):
                 self.weights[f'layer{layer}.{name}'] = matrix(rows, cols)
         self.params = [p for mat in self.weights.values() for row in mat for p in row]
+        self.layers = [tuple(self.weights[f'layer{layer}.{name}'] for name in (
+            'attn_wq', 'attn_wk', 'attn_wv', 'attn_wo', 'mlp_fc1', 'mlp_fc2'))
+            for layer in range(self.n_layer)]
         self.lr = 0.01
         self.optimizer = optim.Adam(self.params, lr=self.lr, betas=(0.85, 0.99), eps=1e-8)
 
@@ -67,30 +70,27 @@ class GPT:
                 values: list[list[Any]]) -> list[Any]:
         """The logits of the next token after `token` at `pos`; keys and values are the
         cache of the earlier positions, one list per layer, appended to here."""
-        W, hd = self.weights, self.head_dim
-        x = F.rmsnorm([t + p for t, p in zip(W['wte'][token], W['wpe'][pos])])
-        for layer in range(self.n_layer):
+        W, hd, linear, rmsnorm = self.weights, self.head_dim, F.linear, F.rmsnorm
+        x = rmsnorm([t + p for t, p in zip(W['wte'][token], W['wpe'][pos])])
+        for layer, (wq, wk, wv, wo, fc1, fc2) in enumerate(self.layers):
             skip = x
-            x = F.rmsnorm(x)
-            q = F.linear(x, W[f'layer{layer}.attn_wq'])
-            keys[layer].append(F.linear(x, W[f'layer{layer}.attn_wk']))
-            values[layer].append(F.linear(x, W[f'layer{layer}.attn_wv']))
+            x = rmsnorm(x)
+            q = linear(x, wq)
+            keys[layer].append(linear(x, wk))
+            values[layer].append(linear(x, wv))
             heads = []
-            for h in range(self.n_head):
-                lo = h * hd
+            for lo in range(0, self.n_embd, hd):
                 # q . k_t for every cached position, scaled as microgpt scales it
-                scores = [s / hd ** 0.5 for s in F.linear(
-                    q[lo:lo + hd], [k[lo:lo + hd] for k in keys[layer]])]
+                scores = [s / hd ** 0.5 for s in linear(q[lo:lo + hd],
+                                                        [k[lo:lo + hd] for k in keys[layer]])]
                 attn = F.softmax(scores)
                 # sum over t of attn[t] * v_t, one output per dimension of the head
-                heads += F.linear(attn, [[v[lo + j] for v in values[layer]] for j in range(hd)])
-            x = F.linear(heads, W[f'layer{layer}.attn_wo'])
-            x = [a + b for a, b in zip(x, skip)]
+                heads += linear(attn, [[v[j] for v in values[layer]] for j in range(lo, lo + hd)])
+            x = [a + b for a, b in zip(linear(heads, wo), skip)]
             skip = x
-            x = [h.relu() for h in F.linear(F.rmsnorm(x), W[f'layer{layer}.mlp_fc1'])]
-            x = F.linear(x, W[f'layer{layer}.mlp_fc2'])
-            x = [a + b for a, b in zip(x, skip)]
-        return F.linear(x, W['lm_head'])
+            x = [h.relu() for h in linear(rmsnorm(x), fc1)]
+            x = [a + b for a, b in zip(linear(x, fc2), skip)]
+        return linear(x, W['lm_head'])
 
     def loss(self, doc: str) -> Any:
         """The mean cross-entropy of predicting each next token of doc (one graph)."""
