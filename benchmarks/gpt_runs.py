@@ -120,8 +120,47 @@ def bench(available_torch):
               file=sys.stderr, flush=True)
         results[name] = entry
         gc.collect()
+    results["overhead"] = overhead()
     results["memory"] = memory()
     return results
+
+
+def overhead():
+    """What the fused step spends per helper call: each helper's calls in one training
+    step (counted), the time of one call at its smallest (one term: per-call overhead,
+    from Python through the engine and back, including freeing its node), and linear's
+    time per term at 16 x 16 (from the difference with 1 x 1)."""
+    import timeit
+    from fastgrad import _core
+    from fastgrad import functional as F
+    from fastgrad import gpt as gpt_module
+    V = _core.Value
+    counts = {}
+    originals = {name: getattr(F, name) for name in ("linear", "rmsnorm", "softmax", "cross_entropy")}
+
+    def counting(name):
+        def call(*args):
+            counts[name] = counts.get(name, 0) + 1
+            return originals[name](*args)
+        return call
+    model = gpt_module.GPT(Value=V)
+    model.train_step(0, NUM_STEPS)
+    for name in originals:
+        setattr(F, name, counting(name))
+    try:
+        model.train_step(1, NUM_STEPS)
+    finally:
+        for name, f in originals.items():
+            setattr(F, name, f)
+    x1, w1 = [V(0.5)], [[V(0.25)]]
+    x16 = [V(0.01 * k) for k in range(16)]
+    w16 = [[V(0.001 * (j + k)) for j in range(16)] for k in range(16)]
+    calls = {"linear": lambda: F.linear(x1, w1), "rmsnorm": lambda: F.rmsnorm(x1),
+             "softmax": lambda: F.softmax(x1), "cross_entropy": lambda: F.cross_entropy(x1, 0)}
+    best = lambda f, n: min(timeit.repeat(f, number=n, repeat=7)) / n
+    per_call = {name: best(f, 2000) * 1e6 for name, f in calls.items()}
+    per_term = (best(lambda: F.linear(x16, w16), 500) * 1e6 - per_call["linear"]) / 256 * 1e3
+    return {"calls_per_step": counts, "us_per_call": per_call, "linear_ns_per_term": per_term}
 
 
 MEMORY_SCRIPT = r"""
@@ -172,6 +211,15 @@ def table(results):
         lines.append(f"| {what} | {cell} | {vs} | {sample} | "
                      f"{'equal' if e['matched'] else 'DIFFER'} |")
     lines.append("| micrograd | cannot run microgpt: its Value has no exp or log | – | – | – |")
+    oh = results.get("overhead")
+    if oh:
+        calls = oh["calls_per_step"]
+        spent = sum(calls[k] * oh["us_per_call"][k] for k in calls) / 1e3
+        lines.append("\nfused step, per-call overhead of the helpers (one call at one term, "
+                     "from Python and back): " + ", ".join(
+                         f"{k} {oh['us_per_call'][k]:.2f} us x {calls[k]}" for k in calls) +
+                     f" calls in step 1 = {spent:.3f} ms; linear then costs "
+                     f"{oh['linear_ns_per_term']:.1f} ns per term (16 x 16)")
     mem = results.get("memory", {})
     if "error" in mem:
         lines.append(f"\nmemory over 1,000 steps: {mem['error']}")

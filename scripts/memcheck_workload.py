@@ -4,7 +4,7 @@ Training steps, custom ops (pinning and their GC cycles), the arena growing unde
 an exception out of a custom _backward, labels and handles re-made through _prev,
 pickling, injected allocation failures, a deep chain freed iteratively, a bare handle,
 a descending pass handed over to Kahn's algorithm, the ops beyond micrograd, no_grad,
-replays.
+replays, microgpt's Value and the fused layers (with allocation failures inside them).
 """
 import gc, pickle, random
 from fastgrad._core import Value, _tape_stats, _test_fail_allocs
@@ -94,3 +94,26 @@ for fail in (0, 1, 2):
     _test_fail_allocs(-1)
     side.recompute(); side.backward()
 del loss, side
+# microgpt's API and the fused layers: LOCAL nodes made, swept, freed, and calls that fail
+# halfway for memory (nothing half-built may remain)
+from fastgrad import functional as F
+from fastgrad._core import GptValue
+for V in (Value, GptValue):
+    x = [V(0.1 * k - 0.3) for k in range(6)]
+    w = [[V(0.05 * (j - k)) for j in range(6)] for k in range(4)]
+    h = F.rmsnorm(F.linear(x, w) + [0.5, V(1.0)][1:])
+    logits = F.linear([e.relu() for e in h], [[V(0.2)] * 5 for _ in range(3)])
+    loss = F.cross_entropy(logits, 1) + sum(F.softmax(logits)) * 0.1
+    loss.backward()
+    for fail in range(6):
+        _test_fail_allocs(fail)
+        for f in (lambda: F.linear([2.0] + x[1:], w), lambda: F.rmsnorm(x),
+                  lambda: F.softmax(x), lambda: F.cross_entropy(x, 0)):
+            try: f()
+            except MemoryError: pass
+        _test_fail_allocs(-1)
+    del x, w, h, logits, loss
+g = GptValue(2.0); q = GptValue(g.data ** 3, (g, g), (6.0, 6.0)) * g
+q.backward(); q._children[0]._local_grads; del g, q
+gc.collect()
+print(_tape_stats())

@@ -292,3 +292,29 @@ def test_the_gpt_example_runs_end_to_end(tmp_path, monkeypatch, capsys):
     png = tmp_path / "gpt-output" / "loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "training" in out.err            # tqdm's progress bar
+
+
+def test_adam_is_microgpts_optimizer(G):
+    # fastgrad.optim.Adam with microgpt's settings, its lr decayed through param_groups,
+    # against the update as microgpt writes it (m_hat, v_hat), on the same grads
+    rnd = random.Random(4)
+    start = [rnd.uniform(-1, 1) for _ in range(6)]
+    ps = [G(x) for x in start]
+    opt = optim.Adam(ps, lr=0.01, betas=(0.85, 0.99), eps=1e-8)
+    data, m, v = list(start), [0.0] * 6, [0.0] * 6
+    for step in range(5):
+        grads = [rnd.uniform(-2, 2) for _ in range(6)]
+        for p, g in zip(ps, grads):
+            p.grad = g
+        opt.param_groups[0]['lr'] = 0.01 * (1 - step / 5)
+        opt.step()
+        opt.zero_grad()
+        lr = 0.01 * (1 - step / 5)
+        for i, g in enumerate(grads):
+            m[i] = 0.85 * m[i] + (1 - 0.85) * g
+            v[i] = 0.99 * v[i] + (1 - 0.99) * g ** 2
+            m_hat = m[i] / (1 - 0.85 ** (step + 1))
+            v_hat = v[i] / (1 - 0.99 ** (step + 1))
+            data[i] -= lr * m_hat / (v_hat ** 0.5 + 1e-8)
+        assert [p.data for p in ps] == [pytest.approx(d, rel=1e-12) for d in data]
+        assert all(p.grad == 0.0 for p in ps)
