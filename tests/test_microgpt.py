@@ -318,3 +318,17 @@ def test_adam_is_microgpts_optimizer(G):
             data[i] -= lr * m_hat / (v_hat ** 0.5 + 1e-8)
         assert [p.data for p in ps] == [pytest.approx(d, rel=1e-12) for d in data]
         assert all(p.grad == 0.0 for p in ps)
+
+
+@pytest.mark.compiled
+def test_the_compiled_classes_cannot_be_subclassed():
+    from fastgrad import _core
+    for cls in (_core.Value, _core.GptValue):
+        with pytest.raises(TypeError):
+            type("Sub", (cls,), {})
+    Sub = type("Sub", (_core._Handle,), {})     # the shared base: no instances of it
+    before = _core._tape_stats()["live"]
+    for cls in (Sub, _core._Handle):
+        with pytest.raises(TypeError, match="cannot be subclassed"):
+            cls()
+    assert _core._tape_stats()["live"] == before

@@ -21,13 +21,6 @@ def _restore(data, grad, label):
     return v
 
 
-cdef inline void detach(_Handle h) noexcept:
-    # a dying handle lets go of its slot (which dies too unless a parent names it)
-    if h.slot >= 0:
-        tape.handle[h.slot] = NULL
-        release(h.slot)
-
-
 @cython.freelist(1024)
 cdef class _Handle:
     """A node's handle: what fastgrad.engine.Value (micrograd's API) and
@@ -38,7 +31,16 @@ cdef class _Handle:
     cdef object _fn     # the Python _backward assigned to this node (Value only), or None
 
     def __cinit__(self):
-        self.slot = -1
+        self.slot = -1                  # (first: __dealloc__ runs if this raises)
+        if type(self) is not Value and type(self) is not GptValue:
+            raise TypeError("fastgrad's Value classes cannot be subclassed (a Value is a "
+                            "compiled handle to a node)")
+
+    def __dealloc__(self):
+        # a dying handle lets go of its slot (which dies too unless a parent names it)
+        if self.slot >= 0:
+            tape.handle[self.slot] = NULL
+            release(self.slot)
 
     # --- attributes -----------------------------------------------------------------
 
@@ -199,9 +201,6 @@ cdef class Value(_Handle):
             self._op = _op
         if not is_empty(label):
             self.label = label
-
-    def __dealloc__(self):
-        detach(self)
 
     @property
     def label(self):
@@ -415,9 +414,6 @@ cdef class GptValue(_Handle):
             add_ref(block[k + 1])
             tape.flags[i] &= descends_to(i, block[k + 1]) | ~DESCENDS
         attach(self, i)
-
-    def __dealloc__(self):
-        detach(self)
 
     @property
     def _children(self):
