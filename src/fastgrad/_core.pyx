@@ -66,6 +66,8 @@ cdef extern from "Python.h":
     ctypedef struct PyTypeObject:
         PyNumberMethods* tp_as_number
     PyTypeObject* Py_TYPE(object o)
+    void* type_of "Py_TYPE"(PyObject* o)           # (of a borrowed reference)
+    PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)   # a borrowed reference
     void incref "Py_INCREF"(PyObject* o)
     void decref "Py_DECREF"(PyObject* o)
 

@@ -113,6 +113,7 @@ def _linear(x, w):
     cdef real_t* d = NULL
     cdef real_t acc, wv
     cdef node_t s
+    cdef PyObject* item
     cdef list row, out
     cdef Blocks blocks
     blocks.items = NULL
@@ -154,10 +155,12 @@ def _linear(x, w):
                 d = local_grads_of(block)
             acc = 0.0                   # sum() starts at 0: 0 + w0*x0 is w0*x0 + 0.0
             for k in range(n):
-                v = row[k]
-                if type(v) is not kind:
-                    check_handles([v], kind, <_Handle>first, "linear's weights")
-                s = check_slot(<_Handle>v)
+                item = PyList_GET_ITEM(row, k)      # (borrowed: row holds it)
+                if type_of(item) != <void*>kind:
+                    check_handles([<object>item], kind, <_Handle>first, "linear's weights")
+                s = (<_Handle>item).slot
+                if s < 0:
+                    check_slot(<_Handle>item)       # (raises)
                 wv = tape.value[s]
                 acc = acc + wv * xval[k]
                 if grad:
