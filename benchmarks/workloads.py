@@ -411,6 +411,58 @@ class MlpStep(Workload):
         return engine.weights(model)        # after the step: they depend on every grad
 
 
+class MlpStepWithEval(MlpStep):
+    """mlp-step in the usual "print the accuracy" loop: before each step an evaluation
+    graph (the model's scores on 50 points) is built and dropped."""
+    name = "mlp-step-with-eval"
+    rounds = {"fastgrad": 7, "reference": 3, "micrograd": 3}
+
+    def evaluate(self, state):
+        engine, model = state
+        V = engine.Value
+        scores = [model([V(a), V(b)]) for a, b in self.X[:50]]
+        return demo.accuracy(self.y[:50], scores)
+
+    def setup(self, engine):
+        state = super().setup(engine)
+        engine.demo_step(state[1], self.X, self.y)      # untimed: a loop's steady state
+        return state
+
+    def run(self, state):
+        self.evaluate(state)
+        super().run(state)
+
+
+class MlpBackward(MlpStepWithEval):
+    """backward() of the demo step's loss graph as a training loop builds it: after a
+    whole step died (ns per node; compare mlp-eval-backward)."""
+    name, unit, scale, counts = "mlp-backward", "ns/node", 1e9, "reachable"
+    rounds = {"fastgrad": 9, "reference": 3, "micrograd": 3}
+    with_eval = False
+
+    def setup(self, engine):
+        state = super().setup(engine)
+        if self.with_eval:
+            self.evaluate(state)        # built and dropped between the steps
+        loss, _ = demo.build(state[1], self.X, self.y, Value=engine.Value)
+        return state + (loss,)
+
+    def root(self, state):
+        return state[2]
+
+    def run(self, state):
+        state[2].backward()
+
+    def result(self, state):
+        return [state[0].grad(p) for p in state[1].parameters()]
+
+
+class MlpEvalBackward(MlpBackward):
+    """mlp-backward with an evaluation graph built and dropped between the steps: the
+    same graph, on slots the evaluation graph's death freed (ns per node)."""
+    name, with_eval = "mlp-eval-backward", True
+
+
 class MlpReplay(MlpStep):
     """The same demo step on a graph built once: recompute(), zero_grad, backward, SGD."""
     name = "mlp-replay"
@@ -631,6 +683,9 @@ RUNS = {
     "ops":              ("float", "fastgrad", "reference", "micrograd", "torch"),
     "backward":         ("fastgrad", "reference", "micrograd", "torch"),
     "mlp-step":         ("fastgrad", "reference", "micrograd", "torch"),
+    "mlp-step-with-eval": ("fastgrad", "reference", "micrograd"),
+    "mlp-backward":     ("fastgrad", "reference", "micrograd"),
+    "mlp-eval-backward": ("fastgrad", "reference", "micrograd"),
     "mlp-replay":       ("fastgrad", "reference"),
     "mlp-replay-fused": ("fastgrad", "reference"),
     "ops-replay":       ("fastgrad", "reference"),
@@ -642,7 +697,8 @@ RUNS = {
     "softmax-ce":       ("fastgrad", "reference"),
 }
 
-WORKLOADS = {w.name: w for w in (Ops, Backward, MlpStep, MlpReplay, MlpReplayFused, OpsReplay,
+WORKLOADS = {w.name: w for w in (Ops, Backward, MlpStep, MlpStepWithEval, MlpBackward,
+                                  MlpEvalBackward, MlpReplay, MlpReplayFused, OpsReplay,
                                   Chain, Wide, LectureOp, OpsNoGrad, ExtOps,
                                   SoftmaxCrossEntropy)}
 

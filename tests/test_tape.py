@@ -171,9 +171,8 @@ def test_slot_order_decides_the_sweep_not_the_result(C):
 
 @compiled
 def test_a_graph_built_after_another_died_descends():
-    # the free list is sorted once the frees are over, not halfway through them (which
-    # left the rest of a training step's graph unsorted on top): a graph built in the
-    # freed slots lands in increasing slots and gets the one-pass backward
+    # a graph built in the slots a dead graph freed lands in them lowest first, in the
+    # order it is made, and gets the one-pass backward
     fresh("""
 import random
 from fastgrad import nn
@@ -191,6 +190,37 @@ for _ in range(100000):
     a, b = random.choice(nodes), random.choice(nodes)
     nodes.append((a * b).tanh() + a)
 assert _test_descends(nodes[-1])
+print("ok")
+""")
+
+
+@compiled
+def test_the_training_graph_descends_after_an_evaluation_graph_died():
+    # the "print the accuracy" loop: an evaluation graph built and dropped before each
+    # training step. Lowest-free-first slots put the training graph in the freed slots in
+    # the order it is made, so each step gets the one-pass backward (with a free list that
+    # hands slots out in the order they died, only the first step did)
+    fresh("""
+import random
+from fastgrad import demo, nn
+from fastgrad._core import _test_descends
+from fastgrad.datasets import make_moons
+random.seed(1337)
+model = nn.using(Value).MLP(2, [16, 16, 1])
+X, y = make_moons(100, 0.1, seed=1337)
+descends = []
+for k in range(6):
+    scores = [model([Value(a), Value(b)]) for a, b in X[:30]]
+    accuracy = sum((s.data > 0) == (t > 0) for s, t in zip(scores, y)) / 30
+    del scores
+    loss, _ = demo.build(model, X, y, Value=Value)
+    descends.append(_test_descends(loss))
+    model.zero_grad()
+    loss.backward()
+    for p in model.parameters():
+        p.data -= 0.1 * p.grad
+    del loss
+assert descends == [True] * 6, descends
 print("ok")
 """)
 
@@ -486,7 +516,7 @@ def test_running_out_of_memory_raises_and_keeps_the_graph():
 
 
 @compiled
-def test_free_list_length_is_size_minus_live(C):
+def test_free_slots_are_size_minus_live(C):
     # reserve() counts on it: a free slot is reused before the tape grows
     random.seed(5)
     keep = []
@@ -498,8 +528,27 @@ def test_free_list_length_is_size_minus_live(C):
             keep = keep[::2]
     gc.collect()
     st = core._tape_stats()
-    assert core._test_free_list_length() == st["size"] - st["live"]
+    assert len(core._test_free_slots()) == st["size"] - st["live"]
     del keep
     gc.collect()
     st = core._tape_stats()
-    assert core._test_free_list_length() == st["size"] - st["live"]
+    assert len(core._test_free_slots()) == st["size"] - st["live"]
+
+
+@compiled
+@pytest.mark.parametrize("seed", range(3))
+def test_a_new_node_takes_the_lowest_free_slot(C, seed):
+    # whatever order slots were freed in, new nodes fill them lowest first, then go on at
+    # the top of the tape; no sort runs (none would between these frees)
+    rnd = random.Random(seed)
+    hold = [C(float(k)) for k in range(5000)]
+    dead = rnd.sample(range(len(hold)), 700)
+    for k in dead:                      # freed in random order
+        hold[k] = None
+    free = core._test_free_slots()
+    assert len(free) >= 700
+    made = [C(1.0) for _ in range(len(free) + 3)]
+    slots = [core._test_slot(v) for v in made]
+    assert slots[:len(free)] == sorted(free)
+    assert slots[len(free):] == sorted(slots[len(free):]) and slots[len(free)] > max(free)
+    assert core._test_free_slots() == []

@@ -33,7 +33,7 @@ cdef enum:
     PINNED = 8      # the tape holds a strong reference to the handle (HAS_FN and a parent)
     POW_INT = 16    # POW: the exponent was an int, shown without a decimal point
     POW_BOOL = 32   # POW: the exponent was a bool, shown as True/False
-    FREE = 64       # the slot is on the free list
+    FREE = 64       # the slot is free (its bit in free_bits is set)
     HAS_ORDER = 128 # _orders holds the order a backward() from this node computed
     DESCENDS = 256  # every edge under this node goes to a lower slot, and no CUSTOM node
                     # is under it: decreasing slot order is a topological order of its graph
@@ -56,9 +56,9 @@ ctypedef union param_t:
 #   - a slot is live while its handle lives or a live parent names it as a child; then
 #     refs[i] = (number of child references to i from live parents, counted once per
 #     edge, so `a + a` counts 2) + (1 if handle[i] is not NULL);
-#   - a live slot's index never moves; free slots have the FREE flag and form a list
-#     threaded through lhs, sorted by index before the next allocation once half the
-#     arena has been freed since the last sort;
+#   - a live slot's index never moves; a free slot below size has the FREE flag and its
+#     bit set in free_bits (and its word's bit in free_words); a new node takes the lowest
+#     free slot, or slot size when none is free (free slots: size - live);
 #   - lhs/rhs are -1 where the op has fewer children; CUSTOM, AFFINE and LOCAL keep theirs
 #     in param[i].kids (AFFINE: b, w0, x0, w1, x1, ...) and have lhs = rhs = -1;
 #   - children of a node were created before it, but slot reuse means index order is not
@@ -90,9 +90,10 @@ cdef struct Tape:
     PyObject** handle   # handle[i]: borrowed pointer to the live Value handle, or NULL
     node_t size         # slots [0, size) have been handed out at least once
     node_t capacity     # length of every array
-    node_t free_head    # first free slot below size, or -1
+    uint64_t* free_bits # bit i % 64 of free_bits[i / 64]: slot i (< size) is free
+    uint64_t* free_words  # bit j % 64 of free_words[j / 64]: free_bits[j] is not 0
+    Py_ssize_t free_hint  # no bit of free_words is set in a word below this one
     node_t live         # number of live slots
-    node_t freed        # slots freed since the free list was last sorted
     node_t overridden   # live nodes of a built-in op whose _backward was assigned: while
                         # any exist, every backward() takes the sweep that can call Python
     Py_ssize_t cached   # slots held by the cached orders (_orders)

@@ -23,7 +23,7 @@ from cpython.object cimport PyObject
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from cpython.pythread cimport PyThread_tss_create, PyThread_tss_get, PyThread_tss_set
 from libc.math cimport exp, fabs, floor, isfinite, isinf, isnan, log, pow, sqrt, tanh
-from libc.stdint cimport INT32_MAX, int32_t, uint8_t, uint16_t
+from libc.stdint cimport INT32_MAX, int32_t, uint8_t, uint16_t, uint64_t
 from libc.stdio cimport fprintf, stderr
 from libc.stdlib cimport abort, getenv
 from libc.string cimport memcpy, memset
@@ -33,6 +33,7 @@ from fastgrad.ops import SYMBOL as _SYMBOL_BY_OP, pow_symbol as _pow_symbol
 cdef extern from *:
     """
     #define fastgrad_prefetch(p) __builtin_prefetch((const void*)(p))
+    #define fastgrad_ctz(x) __builtin_ctzll(x)
     #ifndef FASTGRAD_DEBUG
     #define FASTGRAD_DEBUG 0
     #endif
@@ -43,6 +44,8 @@ cdef extern from *:
     #endif
     """
     void prefetch "fastgrad_prefetch"(const void* p) noexcept nogil
+    # the index of the lowest set bit of x (x != 0)
+    int lowest_bit "fastgrad_ctz"(uint64_t x) noexcept nogil
     # 1 in the debug build (FASTGRAD_CYTHON_DEBUG=1): invariant checks compiled in
     const bint DEBUG "FASTGRAD_DEBUG"
     # the end of a dispatcher's default branch: a hint to the optimizer in release builds

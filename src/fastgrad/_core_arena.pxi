@@ -3,7 +3,6 @@
 # The arena. One per process; every access holds the GIL, so threads share it safely.
 cdef Tape tape
 memset(&tape, 0, sizeof(Tape))
-tape.free_head = -1
 tape.epoch = 1              # (a replay's stamp 0 is never current)
 
 # Sparse per-node Python attributes, keyed by slot; flags[i] says whether an entry exists.
@@ -93,8 +92,20 @@ cdef int grow(node_t needed) except -1:
     safe_realloc(<void**>&tape.op, cap, sizeof(uint8_t))
     safe_realloc(<void**>&tape.flags, cap, sizeof(uint16_t))
     safe_realloc(<void**>&tape.handle, cap, sizeof(PyObject*))
+    # the free-slot bitmaps: a bit per slot, and a bit per word of those (new slots are
+    # not free: they are above size)
+    safe_realloc(<void**>&tape.free_bits, bit_words(cap), sizeof(uint64_t))
+    memset(&tape.free_bits[bit_words(old)], 0, (bit_words(cap) - bit_words(old)) * sizeof(uint64_t))
+    safe_realloc(<void**>&tape.free_words, bit_words(bit_words(cap)), sizeof(uint64_t))
+    memset(&tape.free_words[bit_words(bit_words(old))], 0,
+           (bit_words(bit_words(cap)) - bit_words(bit_words(old))) * sizeof(uint64_t))
     tape.capacity = <node_t>cap
     return 0
+
+
+cdef inline size_t bit_words(size_t bits) noexcept nogil:
+    # 64-bit words holding that many bits
+    return (bits + 63) // 64
 
 
 cdef int grow_replay_levels() except -1:
@@ -108,12 +119,8 @@ cdef int grow_replay_levels() except -1:
 
 cdef inline int reserve(node_t n) except -1:
     """Room for n more slots: after reserve(n), n pushes cannot fail. push takes free
-    slots first (size - live of them), then new ones at size. Once half the arena was
-    freed since the last sort, the free list is sorted here, when the frees are over and
-    building starts again."""
+    slots first (size - live of them), then new ones at size."""
     cdef node_t fresh = n - (tape.size - tape.live)
-    if tape.freed > tape.size // 2:
-        sort_free_list()
     if fresh > 0 and tape.size > tape.capacity - fresh:
         grow(tape.size + fresh)
     return 0
@@ -192,9 +199,8 @@ cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexce
     and the child list of CUSTOM, AFFINE and LOCAL nodes are set by their makers."""
     cdef node_t i
     cdef uint16_t descends = DESCENDS
-    if tape.free_head >= 0:
-        i = tape.free_head
-        tape.free_head = tape.lhs[i]
+    if tape.live < tape.size:
+        i = take_lowest_free()
     else:
         i = tape.size
         tape.size += 1
@@ -275,27 +281,39 @@ cdef void release(node_t i) noexcept:
         tape.refs[j] = 0
         tape.flags[j] = FREE
         tape.op[j] = LEAF
-        tape.rhs[j] = -1
-        tape.lhs[j] = tape.free_head
-        tape.free_head = j
+        tape.lhs[j] = tape.rhs[j] = -1
+        mark_free(j)
         tape.live -= 1
-        tape.freed += 1
 
 
-cdef void sort_free_list() noexcept nogil:
-    """Rethreads the free list in increasing slot order.
+# Free slots. A new node takes the lowest free slot, so a graph built after others died
+# lands in the lowest slots, in the order it is made: consecutive nodes sit side by side
+# (cache lines, prefetching), each above the nodes made before it in the same burst,
+# which keeps the one-pass backward (DESCENDS) whenever its children are older and lower.
+# Taking the lowest is O(1) amortized with two levels of bitmaps: free_words says which
+# words of free_bits are not empty, and free_hint skips the empty words below; a free
+# moves the hint down, a take only up, so each word is passed over once per emptying.
 
-    Freeing pushes slots in the order a graph dies, so a graph built from a long free list
-    lands scattered over the arena, and every pass over it misses the cache; and a node
-    may land below its children, which costs it the one-pass backward (DESCENDS). In slot
-    order, consecutive new nodes sit side by side again, each above the ones before. Runs
-    (from reserve, so after a burst of frees, not in the middle of one) once more than
-    half the slots have been freed since the last time: its O(size) scan is O(1) per free.
-    """
-    cdef node_t j, head = -1
-    for j in range(tape.size - 1, -1, -1):
-        if tape.flags[j] & FREE:
-            tape.lhs[j] = head
-            head = j
-    tape.free_head = head
-    tape.freed = 0
+cdef inline void mark_free(node_t i) noexcept nogil:
+    cdef Py_ssize_t j = i >> 6
+    if tape.free_bits[j] == 0:
+        tape.free_words[j >> 6] |= (<uint64_t>1) << (j & 63)
+        if (j >> 6) < tape.free_hint:
+            tape.free_hint = j >> 6
+    tape.free_bits[j] |= (<uint64_t>1) << (i & 63)
+
+
+cdef inline node_t take_lowest_free() noexcept nogil:
+    """The lowest free slot, taken off the bitmaps (some slot below size is free)."""
+    cdef Py_ssize_t w = tape.free_hint, j
+    cdef node_t i
+    while tape.free_words[w] == 0:
+        w += 1
+    tape.free_hint = w
+    j = (w << 6) + lowest_bit(tape.free_words[w])
+    i = <node_t>((j << 6) + lowest_bit(tape.free_bits[j]))
+    tape.free_bits[j] &= tape.free_bits[j] - 1          # (clears the lowest set bit)
+    if tape.free_bits[j] == 0:
+        tape.free_words[w] &= ~((<uint64_t>1) << (j & 63))
+    invariant(tape.flags[i] & FREE and i < tape.size, b"the lowest free slot is free")
+    return i

@@ -10,15 +10,30 @@ def _tape_stats():
             'overridden': tape.overridden}
 
 
-def _test_free_list_length():
-    """Walks the free list; reserve() relies on its length being size - live."""
-    cdef node_t j = tape.free_head, n = 0
-    while j >= 0:
-        if not tape.flags[j] & FREE:
-            raise AssertionError(f"slot {j} is on the free list without the FREE flag")
-        n += 1
-        j = tape.lhs[j]
-    return n
+def _test_free_slots():
+    """The free slots by the bitmaps, lowest first, checked against the FREE flags and the
+    word bitmap; reserve() relies on their number being size - live."""
+    cdef node_t i
+    cdef Py_ssize_t j
+    out = []
+    for i in range(tape.size):
+        j = i >> 6
+        bit = (tape.free_bits[j] >> (i & 63)) & 1
+        if bit != (tape.flags[i] & FREE != 0):
+            raise AssertionError(f"slot {i}: free bit {bit}, FREE flag {tape.flags[i] & FREE}")
+        if bit:
+            out.append(i)
+    for j in range(bit_words(tape.size)):
+        if ((tape.free_words[j >> 6] >> (j & 63)) & 1) != (tape.free_bits[j] != 0):
+            raise AssertionError(f"word {j} of free_bits and its bit in free_words disagree")
+        if tape.free_bits[j] != 0 and (j >> 6) < tape.free_hint:
+            raise AssertionError(f"word {j} has free slots below the hint")
+    return out
+
+
+def _test_slot(_Handle v):
+    """The slot of v's node."""
+    return check_slot(v)
 
 
 def _test_fail_allocs(n):
