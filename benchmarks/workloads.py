@@ -126,11 +126,14 @@ class Floats(Engine):
 
 
 class Torch(Engine):
-    """PyTorch: 0-dim float64 tensors for the graph workloads, batched tensors for the
-    demo step (what a tensor library does with this model)."""
+    """PyTorch on one thread: 0-dim float64 tensors for the graph workloads, batched
+    tensors for the demo step (what a tensor library does with this model)."""
     name = "torch"
 
     def __init__(self):
+        # one thread: what the scalar engines get (on 2 cores, a second torch thread made
+        # the batched demo step 3x slower, 1.9 against 0.61 ms, measured 2026-12-02)
+        torch.set_num_threads(1)
         super().__init__(lambda x: torch.tensor(float(x), dtype=torch.float64, requires_grad=True))
         self.tanh, self.exp = torch.tanh, torch.exp
         self.batches = {}               # the demo's data as tensors, made once (untimed)
