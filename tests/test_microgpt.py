@@ -1,7 +1,10 @@
 """microgpt's contract: its engine API (fastgrad.microgpt.Value) on both engines, checked
 against the microgpt-style engine of examples/microgpt.py (the oracle: a Value whose ops
 return their local gradients), and its script run unchanged but for the import."""
+import importlib
 import math
+import os
+import pathlib
 import pickle
 import random
 import sys
@@ -13,18 +16,24 @@ from fastgrad import no_grad, optim, reference
 from fastgrad.ops import Op
 from op_examples import EXAMPLES, build_example
 
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 from gpt_runs import load_script  # noqa: E402
 
 SCRIPT = load_script()                  # the script with its own engine
 Oracle = SCRIPT.Value
+PURE = bool(os.environ.get("FASTGRAD_PUREPYTHON"))
+
+
+def core():
+    """The compiled module (only where the compiled engine is under test)."""
+    return importlib.import_module("fastgrad._core")
 
 
 @pytest.fixture(scope="module", params=["compiled", "reference"])
 def G(request):
     """fastgrad.microgpt.Value's class on each engine."""
     if request.param == "compiled":
-        if __import__("os").environ.get("FASTGRAD_PUREPYTHON"):
+        if PURE:
             pytest.skip("compiled engine deselected")
         return pytest.importorskip("fastgrad._core").GptValue
     return reference.GptValue
@@ -33,8 +42,7 @@ def G(request):
 def test_the_import_names_the_chosen_engines_class():
     import fastgrad
     from fastgrad.microgpt import Value
-    expected = reference.GptValue if fastgrad.ENGINE == "reference" else \
-        __import__("fastgrad._core", fromlist=["GptValue"]).GptValue
+    expected = reference.GptValue if fastgrad.ENGINE == "reference" else core().GptValue
     assert Value is expected
 
 
@@ -162,7 +170,7 @@ def test_a_node_with_given_local_grads_runs_no_python_in_backward(G):
 def live(G):
     if G is reference.GptValue:
         return None
-    return __import__("fastgrad._core", fromlist=["_tape_stats"])._tape_stats()["live"]
+    return core()._tape_stats()["live"]
 
 
 def test_clear_errors(G):
@@ -188,8 +196,7 @@ def test_clear_errors(G):
 
 
 def test_the_two_apis_do_not_mix(G):
-    V = reference.Value if G is reference.GptValue else \
-        __import__("fastgrad._core", fromlist=["Value"]).Value
+    V = reference.Value if G is reference.GptValue else core().Value
     a, b = G(1.0), V(2.0)
     for f in (lambda: a + b, lambda: b * a, lambda: a ** b, lambda: G(1.0, (b,), (1.0,)),
               lambda: V(1.0, (a,)), lambda: F.linear([a], [[b]])):
@@ -271,13 +278,12 @@ def test_the_fused_model_draws_the_scripts_weights_and_follows_its_losses(baseli
 def test_fused_sampling_records_no_graph():
     from fastgrad.gpt import GPT
     gpt = GPT()
-    before = live(pytest.importorskip("fastgrad._core").GptValue) \
-        if not __import__("os").environ.get("FASTGRAD_PUREPYTHON") else None
+    before = None if PURE else live(core().GptValue)
     random.seed(3)
     name = gpt.sample()
     assert isinstance(name, str) and set(name) <= set(gpt.chars)
     if before is not None:
-        assert live(pytest.importorskip("fastgrad._core").GptValue) == before
+        assert live(core().GptValue) == before
 
 
 @pytest.mark.unsanitized               # (matplotlib cannot run under AddressSanitizer)
