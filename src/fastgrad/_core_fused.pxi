@@ -202,7 +202,7 @@ def _rmsnorm(x, eps):
     cdef Py_ssize_t n = len(xs), k
     cdef bint grad = recording()
     cdef real_t e = real_or_raise(eps, "eps")
-    cdef real_t total = 0.0, inv_n, u, scale, c
+    cdef real_t total = 0.0, inv_n, u, scale, c, xk
     cdef real_t* d
     cdef node_t* block = NULL
     cdef node_t si
@@ -215,10 +215,10 @@ def _rmsnorm(x, eps):
     kind = handle_class(first, "rmsnorm's x")
     check_handles(xs, kind, <_Handle>first, "rmsnorm's x")
     for k in range(n):
-        u = tape.value[(<_Handle>xs[k]).slot]
-        total = total + u * u
+        xk = tape.value[(<_Handle>xs[k]).slot]
+        total = total + xk * xk                 # sum() from 0, as sum(xi * xi for xi in x)
     pow_forward(<real_t>n, -1.0, &inv_n)        # x / len(x) is x * len(x) ** -1
-    u = total * inv_n + e
+    u = total * inv_n + e                       # ms + eps
     pow_forward(u, -0.5, &scale)
     try:
         if grad:
