@@ -112,14 +112,31 @@ print((after - before) / (1 + 4 * 250_000))
 """
 
 
-def memory(available, only):
-    """Bytes per node of a live 1M-node graph, each engine in a fresh interpreter."""
+HANDLES_SCRIPT = MEMORY_SCRIPT.split("y = x\n")[0] + r"""
+rnd = __import__('random').Random(7)
+nodes = [Value(rnd.uniform(-1, 1)) for _ in range(64)]
+before = rss()
+for _ in range(200_000):                   # 1M ops, 6 nodes a block (0.5 is a leaf)
+    a, b, c = (nodes[rnd.randrange(len(nodes))] for _ in range(3))
+    u = a * b; v = c ** 2; w = u + v; r = w.relu(); o = r * 0.5
+    nodes += (u, v, w, r, o)               # every op's handle kept
+gc.collect()
+after = rss()
+print((after - before) / 1_200_000)
+"""
+
+
+def memory(available, only, script=MEMORY_SCRIPT, what="memory"):
+    """Bytes per node of a live graph, each engine in a fresh interpreter: a 1M-node chain
+    whose handles die as it is built (memory), or 1M mixed ops on operands drawn from all
+    earlier nodes, every op's handle kept in a list (memory-handles: 1.2M nodes, the
+    constants of r * 0.5 included)."""
     results = {}
     for name in ("fastgrad", "reference", "micrograd"):
         if name not in available or (only and name not in only):
             continue
-        log(f"  memory      {name:<10} fresh interpreter ...")
-        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, name],
+        log(f"  {what:<11} {name:<10} fresh interpreter ...")
+        out = subprocess.run([sys.executable, "-c", script, name],
                              capture_output=True, text=True, timeout=600)
         if out.returncode != 0:
             results[name] = {"error": out.stderr.strip().splitlines()[-1]}
@@ -264,7 +281,7 @@ def table(results, engines):
         fg, mg, fl = res.get("fastgrad"), micrograd_entry(results, wname), res.get("float")
         vs_mg = ratio(fg, mg) + " faster" if ratio(fg, mg) != "–" else (
             f"micrograd: {mg['error']}" if mg and "error" in mg else "–")
-        if wname == "memory" and fg and mg and "median" in mg:
+        if wname.startswith("memory") and fg and mg and "median" in mg:
             vs_mg = f"{mg['median'] / fg['median']:,.1f}x smaller"
         vs_fl = (f"{fg['median'] / fl['median']:.2f}x" if fg and fl and "median" in fl else "–")
         lines.append(f"| {wname} | {unit} | " + " | ".join(cells) + f" | {vs_mg} | {vs_fl} |")
@@ -304,7 +321,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="bench-results")
     p.add_argument("--workloads", nargs="*", default=None,
-                   help=f"subset of {list(W.WORKLOADS) + ['memory', 'microgpt', 'scale']}")
+                   help=f"subset of {list(W.WORKLOADS) + ['memory', 'memory-handles', 'microgpt', 'scale']}")
     p.add_argument("--engines", nargs="*", default=None)
     args = p.parse_args()
 
@@ -312,13 +329,16 @@ def main():
     log(f"engines: {', '.join(available)}")
     if "micrograd" not in available:
         log("  (upstream micrograd is not installed: pip install micrograd==0.1.0)")
-    names = args.workloads or list(W.WORKLOADS) + ["memory", "microgpt", "scale"]
+    names = args.workloads or list(W.WORKLOADS) + ["memory", "memory-handles", "microgpt",
+                                                   "scale"]
     results, scaled, gpt = {}, {}, {}
     t0 = time.perf_counter()
     for k, name in enumerate(names, 1):
         log(f"[{k}/{len(names)}] {name}")
         if name == "memory":
             results[name] = memory(available, args.engines)
+        elif name == "memory-handles":
+            results[name] = memory(available, args.engines, HANDLES_SCRIPT, name)
         elif name == "scale":
             scaled = scale()
         elif name == "microgpt":
