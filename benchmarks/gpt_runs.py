@@ -5,9 +5,20 @@ pure-Python engine, written the way microgpt writes its own: the baseline), or w
 engine block replaced by one import line, the only change a user makes. `DROP_INS` are
 the lines the benchmarks and tests use. The fused model is fastgrad.gpt.GPT.
 """
+import ast
+import gc
+import os
 import pathlib
+import random
 import re
+import statistics
+import subprocess
+import sys
+import time
+import timeit
 import types
+
+import fastgrad
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "examples" / "microgpt.py"
 ENGINE_BLOCK = re.compile(r"^# --- engine: begin ---\n.*?^# --- engine: end ---\n", re.S | re.M)
@@ -36,11 +47,6 @@ def load_script(import_line=None):
 
 # ------------------------------------------------------------------------ the workload
 
-import gc  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
 
 # engine -> (what it is, rounds). A round loads a fresh, identically seeded model, runs
 # step 0 untimed (warm-up), then times steps 1 .. STEPS: the same names on every engine,
@@ -62,7 +68,6 @@ def runner(name):
     """(train_step(k) -> loss, sample() -> str or None) for one engine, freshly seeded.
     Sampling runs under no_grad where the engine has it (the pure-Python script has not:
     it records the graph of every sampled token, as microgpt does)."""
-    import fastgrad
     if name == "fastgrad-fused":
         from fastgrad._core import Value
         from fastgrad.gpt import GPT
@@ -85,7 +90,6 @@ def runner(name):
 def bench(available_torch):
     """ms per training step on every engine (losses checked against the baseline's), and
     ms per name sampled."""
-    import random
     results = {}
     baseline = None
     for name, (what, rounds) in ENGINES.items():
@@ -130,7 +134,6 @@ def overhead():
     step (counted), the time of one call at its smallest (one term: per-call overhead,
     from Python through the engine and back, including freeing its node), and linear's
     time per term at 16 x 16 (from the difference with 1 x 1)."""
-    import timeit
     from fastgrad import _core
     from fastgrad import functional as F
     from fastgrad import gpt as gpt_module
@@ -185,8 +188,6 @@ print(out)
 
 def memory():
     """RSS at steps 100 and 1,000 of a fused and a drop-in run, in a fresh interpreter."""
-    import ast
-    import os
     print("  microgpt    memory over 1,000 steps (fresh interpreter) ...", file=sys.stderr, flush=True)
     out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, os.path.dirname(__file__)],
                          capture_output=True, text=True, timeout=1200)

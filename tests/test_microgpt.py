@@ -332,9 +332,12 @@ def test_the_compiled_classes_cannot_be_subclassed():
     for cls in (_core.Value, _core.GptValue):
         with pytest.raises(TypeError):
             type("Sub", (cls,), {})
-    Sub = type("Sub", (_core._Handle,), {})     # the shared base: no instances of it
+    # the shared base can be, but its instances name no node: every use is refused
+    Sub = type("Sub", (_core._Handle,), {})
     before = _core._tape_stats()["live"]
-    for cls in (Sub, _core._Handle):
-        with pytest.raises(TypeError, match="cannot be subclassed"):
-            cls()
+    for h in (Sub(), _core._Handle()):
+        for use in (lambda: h.data, lambda: h * 2.0, lambda: h.backward(), lambda: h.exp()):
+            with pytest.raises(ValueError, match="never initialised"):
+                use()
+        del h
     assert _core._tape_stats()["live"] == before

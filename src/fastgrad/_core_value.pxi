@@ -31,10 +31,7 @@ cdef class _Handle:
     cdef object _fn     # the Python _backward assigned to this node (Value only), or None
 
     def __cinit__(self):
-        self.slot = -1                  # (first: __dealloc__ runs if this raises)
-        if type(self) is not Value and type(self) is not GptValue:
-            raise TypeError("fastgrad's Value classes cannot be subclassed (a Value is a "
-                            "compiled handle to a node)")
+        self.slot = -1                  # (a handle no constructor ran on names no node)
 
     def __dealloc__(self):
         # a dying handle lets go of its slot (which dies too unless a parent names it)

@@ -53,7 +53,7 @@ except ImportError:
     ENGINES = (reference,)
 
 
-def engine_of(values: list[Any], what: str = "parameters") -> ModuleType:
+def engine_of(values: list[Any]) -> ModuleType:
     """The engine module the given Values belong to (all of one engine and one Value
     class: fastgrad.engine's or fastgrad.microgpt's), else TypeError."""
     for module in ENGINES:
@@ -63,5 +63,5 @@ def engine_of(values: list[Any], what: str = "parameters") -> ModuleType:
     kinds = [(m.Value, m.GptValue) for m in ENGINES]
     bad = next((v for v in values if not any(type(v) in k for k in kinds)), None)
     if bad is not None:
-        raise TypeError(f"{what} must be Values, not {type(bad).__name__!r}")
-    raise TypeError(f"{what} must all be Values of one engine and one Value class")
+        raise TypeError(f"parameters must be Values, not {type(bad).__name__!r}")
+    raise TypeError("parameters must all be Values of one engine and one Value class")
