@@ -66,7 +66,7 @@ demo: install
 gpt: install
 	$(PY) -m fastgrad.gpt
 
-# release artifacts: an sdist and a wheel per CPython 3.10-3.13 found here, repaired by
+# release artifacts: an sdist and a wheel per CPython 3.10-3.15 found here, repaired by
 # auditwheel, into dist/; then each installed in a fresh environment of its Python and
 # tested there, the sdist too (with and without a C compiler), and the type stubs
 wheels: $(PY)

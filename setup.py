@@ -17,9 +17,11 @@ on without it and fastgrad warns at import that it runs on the reference engine.
 Each mode builds in its own directory (build/<mode>), so that switching modes never
 reuses another mode's objects. Metadata lives in pyproject.toml.
 """
+import json
 import os
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 ext_modules = []
 mode = "release"
@@ -57,4 +59,23 @@ if not os.environ.get("FASTGRAD_PUREPYTHON"):
     for ext in ext_modules:
         ext.optional = True     # (set here: cythonize does not carry it over)
 
-setup(ext_modules=ext_modules, options={"build": {"build_base": f"build/{mode}"}})
+
+class build_ext_recorded(build_ext):
+    """build_ext that compiles into the module how it was built: the mode, the Cython
+    version and the compiler's command line (fastgrad._core.BUILD, which
+    `python -m fastgrad` prints). The command line is only known here, once the
+    compiler is set up."""
+
+    def build_extension(self, ext):
+        import Cython
+        command = " ".join(self.compiler.compiler_so + ext.extra_compile_args)
+        ext.define_macros = ext.define_macros + [
+            (name, json.dumps(text))       # a C string literal (the text is ASCII)
+            for name, text in (("FASTGRAD_BUILD_MODE", mode),
+                               ("FASTGRAD_BUILD_CYTHON", Cython.__version__),
+                               ("FASTGRAD_BUILD_COMMAND", command))]
+        super().build_extension(ext)
+
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": build_ext_recorded},
+      options={"build": {"build_base": f"build/{mode}"}})

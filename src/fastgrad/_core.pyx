@@ -28,6 +28,8 @@ from libc.stdio cimport fprintf, stderr
 from libc.stdlib cimport abort, getenv
 from libc.string cimport memcpy, memset
 
+import math as _math
+
 from fastgrad.ops import SYMBOL as _SYMBOL_BY_OP, pow_symbol as _pow_symbol
 
 cdef extern from *:
@@ -36,6 +38,11 @@ cdef extern from *:
     #define fastgrad_ctz(x) __builtin_ctzll(x)
     #ifndef FASTGRAD_DEBUG
     #define FASTGRAD_DEBUG 0
+    #endif
+    #ifndef FASTGRAD_BUILD_MODE
+    #define FASTGRAD_BUILD_MODE "unknown"
+    #define FASTGRAD_BUILD_CYTHON "unknown"
+    #define FASTGRAD_BUILD_COMMAND "unknown"
     #endif
     #if FASTGRAD_DEBUG
     #define fastgrad_unreachable() ((void)0)
@@ -50,6 +57,10 @@ cdef extern from *:
     const bint DEBUG "FASTGRAD_DEBUG"
     # the end of a dispatcher's default branch: a hint to the optimizer in release builds
     void unreachable "fastgrad_unreachable"() noexcept nogil
+    # how this module was built, recorded by setup.py ("unknown" if built otherwise)
+    const char* BUILD_MODE "FASTGRAD_BUILD_MODE"
+    const char* BUILD_CYTHON "FASTGRAD_BUILD_CYTHON"
+    const char* BUILD_COMMAND "FASTGRAD_BUILD_COMMAND"
 
 cdef extern from "Python.h":
     bint PyFloat_CheckExact(object o)
@@ -73,6 +84,11 @@ cdef extern from "Python.h":
     PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)   # a borrowed reference
     void incref "Py_INCREF"(PyObject* o)
     void decref "Py_DECREF"(PyObject* o)
+
+# How this module was built: the mode (release, debug, address...), the Cython that
+# generated it and the compiler's command line. `python -m fastgrad` prints it.
+BUILD = {"mode": BUILD_MODE.decode(), "cython": BUILD_CYTHON.decode(),
+         "command": BUILD_COMMAND.decode()}
 
 include "_core_arena.pxi"
 include "_core_kernels.pxi"

@@ -128,10 +128,18 @@ cdef inline void affine_rule(node_t i) noexcept nogil:
         tape.grad[x] += affine_dx(tape.value[w]) * g
 
 
+cdef int domain_error(object math_function, real_t a) except -1:
+    """Raises the ValueError that math_function (math.log, math.sqrt) raises at a, which is
+    outside its domain: its message differs between Pythons ('math domain error' up to
+    3.13, 'expected a positive input, got 0.0' from 3.14)."""
+    math_function(a)
+    raise ValueError("math domain error")      # (only if math_function did not raise)
+
+
 # LOG: out = log(a), raising ValueError for a <= 0 as math.log does
 cdef int log_forward(real_t a, real_t* out) except -1:
     if a <= 0.0:
-        raise ValueError("math domain error")
+        return domain_error(_math.log, a)
     out[0] = log(a)
     return 0
 
@@ -161,7 +169,7 @@ cdef inline void sigmoid_rule(node_t i) noexcept nogil:
 # SQRT: out = sqrt(a), raising ValueError for a < 0 as math.sqrt does
 cdef int sqrt_forward(real_t a, real_t* out) except -1:
     if a < 0.0:
-        raise ValueError("math domain error")
+        return domain_error(_math.sqrt, a)
     out[0] = sqrt(a)
     return 0
 

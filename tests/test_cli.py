@@ -1,0 +1,72 @@
+"""`python -m fastgrad`: the version, the engine, the compiled module and its build, and a
+self-check whose failure is the exit status."""
+import math
+import pathlib
+import re
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+
+import fastgrad
+from fastgrad import _engine
+from fastgrad import __main__ as cli
+
+PYPROJECT = pathlib.Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def test_the_version_is_the_package_metadata():
+    assert fastgrad.__version__ == metadata.version("fastgrad")
+    if PYPROJECT.exists():                      # (the tests of an installed wheel may lack it)
+        written = re.search(r'^version = "(.+)"$', PYPROJECT.read_text(), re.M).group(1)
+        assert fastgrad.__version__ == written
+
+
+def test_python_m_fastgrad_reports_the_install_and_checks_a_gradient():
+    run = subprocess.run([sys.executable, "-m", "fastgrad"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"fastgrad {fastgrad.__version__}"
+    if _engine.ENGINE == "compiled":
+        assert lines[1] == "engine: compiled"
+    else:
+        assert lines[1] == f"engine: reference ({_engine.REASON})"
+    try:
+        from fastgrad import _core
+    except ImportError:
+        assert lines[2].startswith("compiled module: not available (")
+    else:
+        assert lines[2] == f"compiled module: {_core.__file__}"
+        mode, rest = re.fullmatch(r"build: ([\w-]+), Cython ([\d.]+\w*); (.+)", lines[3]).group(1, 3)
+        assert mode == _core.BUILD["mode"] and mode in ("release", "debug", "address", "debug-address")
+        assert "-ffp-contract=off" in rest.split()           # setup.py's own flag is recorded
+    assert re.fullmatch(r"python: CPython [\d.]+\S* on \w+ \w+", lines[-3])
+
+    # the two self-check lines: backward against a finite difference, and the verdict
+    found = re.fullmatch(r"self-check: d/dx tanh\(x\*x \+ exp\(x\)\) at x = 0\.5: backward (\S+), "
+                         r"finite difference (\S+)", lines[-2])
+    backward, numeric = map(float, found.groups())
+    x = 0.5
+    closed_form = (1 - math.tanh(x * x + math.exp(x)) ** 2) * (2 * x + math.exp(x))
+    assert backward == pytest.approx(closed_form, rel=1e-14)
+    assert numeric == pytest.approx(closed_form, rel=1e-7)
+    assert lines[-1].startswith("self-check: ok (|difference| ")
+
+
+def test_a_failing_self_check_exits_non_zero(monkeypatch, capsys):
+    def cube_with_a_wrong_derivative(x):
+        out = type(x)(x.data ** 3, (x,), 'cube')
+
+        def _backward():
+            x.grad += 2 * x.data * out.grad         # (should be 3 x^2)
+        out._backward = _backward
+        return out
+
+    monkeypatch.setattr(cli, "check_function", cube_with_a_wrong_derivative)
+    assert cli.main() == 1
+    report = capsys.readouterr().out.splitlines()
+    backward, numeric = map(float, re.search(r"backward (\S+), finite difference (\S+)$",
+                                             report[-2]).groups())
+    assert backward == 2 * 0.5 and numeric == pytest.approx(3 * 0.5 ** 2, rel=1e-7)
+    assert report[-1].startswith("self-check: FAILED (|difference| 0.25, ")
