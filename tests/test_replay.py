@@ -90,6 +90,50 @@ def test_recompute_is_all_or_nothing(Value):
         assert {id(v): v.data for v in nodes} == before
 
 
+@pytest.mark.parametrize("op, bad, error", [
+    (lambda x: (x + 1.0) ** -1, -1.0, ZeroDivisionError),
+    (lambda x: (x * 2.0).exp(), 400.0, OverflowError),
+    (lambda x: x.log(), -1.0, ValueError),
+    (lambda x: x.sqrt(), -1.0, ValueError),
+    (lambda x: x ** (x + 1.0), -1.0, ValueError),       # a Value exponent needs a base > 0
+], ids=["pow", "exp", "log", "sqrt", "powv"])
+def test_recompute_is_all_or_nothing_for_every_op_that_can_raise(Value, op, bad, error):
+    # steps of ops that cannot raise before and after the one that does
+    x = Value(1.0)
+    y = (x * 3.0 + 0.5).tanh() * op(x) + x.relu()
+    nodes = trace(y)[0] - {x}
+    y.backward()
+    before = {id(v): (v.data, v.grad) for v in nodes}
+    x.data = bad
+    with pytest.raises(error):
+        y.recompute()
+    assert {id(v): (v.data, v.grad) for v in nodes} == before
+    core = sys.modules.get("fastgrad._core")
+    if core is not None and type(y) is core.Value:
+        assert core._test_replay_saves(y) is True
+
+
+def test_a_replay_of_ops_that_cannot_raise_saves_nothing():
+    # (what recompute() of micrograd's MLP graph gets: no copy of its values and grads)
+    core = pytest.importorskip("fastgrad._core")
+    def f(w, x, b):
+        return ((w * x + b).relu() + (w * b).tanh() + (x + b).sigmoid() + abs(x) + x * -1.0) * 0.5
+
+    w, x, b = core.Value(0.5), core.Value(-2.0), core.Value(0.25)
+    y = f(w, x, b)
+    assert core._test_replay_saves(y) is None           # (no replay yet)
+    y.recompute()
+    assert core._test_replay_saves(y) is False
+    w.data = 2.0
+    y.recompute()
+    y.backward()
+    w2, x2, b2 = core.Value(2.0), core.Value(-2.0), core.Value(0.25)
+    fresh = f(w2, x2, b2)
+    fresh.backward()
+    assert bits(y.data) == bits(fresh.data)
+    assert [bits(v.grad) for v in (w, x, b)] == [bits(v.grad) for v in (w2, x2, b2)]
+
+
 def test_recompute_refuses_custom_ops(Value):
     a = Value(0.5)
     t = math.tanh(a.data)

@@ -54,6 +54,13 @@ def _test_replay_current(_Handle v):
     return bool(tape.flags[i] & HAS_REPLAY) and (<_Replay>_replays[i]).stamp == tape.epoch
 
 
+def _test_replay_saves(_Handle v):
+    """Whether v's cached replay saves values and grads as recompute() goes (one of its
+    ops can raise), or None if v has no cached replay."""
+    cdef node_t i = check_slot(v)
+    return bool((<_Replay>_replays[i]).can_raise) if tape.flags[i] & HAS_REPLAY else None
+
+
 def _test_scratch_clear():
     """Whether the passes' scratch state is clear, as outside a pass: every parent count
     0 and nothing marked reached (the sentinels intact), every replay level 0."""

@@ -311,6 +311,12 @@ cdef int apply_rule(node_t i) except -1:
     return 0
 
 
+cdef inline bint forward_can_raise(int32_t o) noexcept nogil:
+    # the ops whose forward raises outside its domain or on overflow (the *_forward
+    # functions declared except -1); every other op's forward is total
+    return o == POW or o == EXP or o == LOG or o == SQRT or o == POWV
+
+
 cdef inline int replay_forward(Step* e) except -1:
     """Re-evaluates e's node from its children's values and records e's derivatives."""
     cdef real_t a = tape.value[e.lhs], b, out

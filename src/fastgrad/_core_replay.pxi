@@ -19,6 +19,7 @@ cdef class _Replay:
     cdef Step* steps
     cdef Py_ssize_t size
     cdef uint64_t stamp         # tape.epoch when dl/dr were computed; 0: never
+    cdef bint can_raise         # a step's forward can raise: recompute() saves as it goes
 
     def __dealloc__(self):
         PyMem_Free(self.steps)
@@ -73,6 +74,7 @@ cdef _Replay make_replay(node_t root):
             r.size += 1
         elif tape.op[v] != LEAF and tape.op[v] != CUSTOM:
             init_step(&r.steps[r.size], v, tape.op[v], tape.lhs[v], tape.rhs[v])
+            r.can_raise |= forward_can_raise(tape.op[v])
             r.size += 1
     group_by_op(r)
     return r
@@ -181,13 +183,17 @@ cdef int recompute_from(node_t root) except -1:
     from those leaves. A graph with Python code in it (a custom op, an assigned
     _backward) is refused up front with TypeError, whatever the values. Otherwise all or
     nothing: if an op raises (0 ** -1, exp overflow), every value and grad is put back and
-    the exception propagates. One pass backwards over the replay, prefetching ahead."""
+    the exception propagates. One pass backwards over the replay, prefetching ahead; the
+    values and grads it overwrites are saved as it goes only if one of its ops can raise
+    (the demo's MLP has none: no 16 bytes per node written and read back)."""
     cdef _Replay r = replay_of(root)
     cdef Step* steps = r.steps
     cdef Py_ssize_t s = r.size - 1, k
     cdef real_t* saved = NULL           # saved[2s], saved[2s + 1]: value and grad at s
+    cdef bint save = r.can_raise
     cdef Step* e
-    safe_realloc(<void**>&saved, 2 * r.size + 2, sizeof(real_t))
+    if save:
+        safe_realloc(<void**>&saved, 2 * r.size + 2, sizeof(real_t))
     r.stamp = 0                         # (its derivatives are about to be overwritten)
     try:
         while s >= 0:
@@ -198,16 +204,19 @@ cdef int recompute_from(node_t root) except -1:
                 prefetch(&tape.value[e.lhs])
                 prefetch(&tape.value[e.rhs])
             e = &steps[s]
-            saved[2 * s] = tape.value[e.node]
-            saved[2 * s + 1] = tape.grad[e.node]
+            if save:
+                saved[2 * s] = tape.value[e.node]
+                saved[2 * s + 1] = tape.grad[e.node]
             tape.grad[e.node] = 0.0
             replay_forward(e)
             s -= 1
     except BaseException:
-        for k in range(r.size - 1, s - 1, -1):  # what this pass touched, the failed step too
-            e = &steps[k]
-            tape.value[e.node] = saved[2 * k]
-            tape.grad[e.node] = saved[2 * k + 1]
+        invariant(save, b"a replay whose ops cannot raise raised")
+        if save:
+            for k in range(r.size - 1, s - 1, -1):  # what this pass touched, the failed step too
+                e = &steps[k]
+                tape.value[e.node] = saved[2 * k]
+                tape.grad[e.node] = saved[2 * k + 1]
         raise
     finally:
         PyMem_Free(saved)
