@@ -273,8 +273,8 @@ def micrograd_entry(results, wname):
 
 def table(results, engines):
     lines = ["| workload | unit | " + " | ".join(engines) +
-             " | fastgrad vs micrograd | fastgrad / float |",
-             "|---|---|" + "---:|" * len(engines) + "---:|---:|"]
+             " | fastgrad vs micrograd | fastgrad / float | fastgrad / torch |",
+             "|---|---|" + "---:|" * len(engines) + "---:|---:|---:|"]
     for wname, res in results.items():
         unit = next((e["unit"] for e in res.values() if "unit" in e), "")
         cells = [fmt(res.get(e)) for e in engines]
@@ -284,7 +284,10 @@ def table(results, engines):
         if wname.startswith("memory") and fg and mg and "median" in mg:
             vs_mg = f"{mg['median'] / fg['median']:,.1f}x smaller"
         vs_fl = (f"{fg['median'] / fl['median']:.2f}x" if fg and fl and "median" in fl else "–")
-        lines.append(f"| {wname} | {unit} | " + " | ".join(cells) + f" | {vs_mg} | {vs_fl} |")
+        th = res.get("torch")
+        vs_th = (f"{fg['median'] / th['median']:.2f}x" if fg and "median" in fg and th
+                 and "median" in th else "–")
+        lines.append(f"| {wname} | {unit} | " + " | ".join(cells) + f" | {vs_mg} | {vs_fl} | {vs_th} |")
     return "\n".join(lines)
 
 
@@ -362,7 +365,8 @@ def main():
           f"Python {info['python']}, {info['date']} ({elapsed:.0f} s)\n")
     if results:
         print(table(results, engines))
-        print(f"\nmedians per unit; 'x faster' is micrograd's median over fastgrad's, from this run.")
+        print(f"\nmedians per unit; 'x faster' is micrograd's median over fastgrad's, and the "
+              "last two columns fastgrad's over plain floats' and torch's, from this run.")
     if gpt:
         print("\nmicrogpt (one training step on one name, the same seeded model and names on "
               "every engine; medians; ratios from this run):\n")
