@@ -68,7 +68,9 @@ class build_ext_recorded(build_ext):
 
     def build_extension(self, ext):
         import Cython
-        command = " ".join(self.compiler.compiler_so + ext.extra_compile_args)
+        # (compiler_so: a Unix compiler's command; any other compiler is named by its type)
+        compiler = getattr(self.compiler, "compiler_so", [self.compiler.compiler_type])
+        command = " ".join(list(compiler) + ext.extra_compile_args)
         ext.define_macros = ext.define_macros + [
             (name, json.dumps(text))       # a C string literal (the text is ASCII)
             for name, text in (("FASTGRAD_BUILD_MODE", mode),
