@@ -69,7 +69,8 @@ ctypedef union param_t:
 #     (each of those allocations has one element in front), so that a pass over a node's
 #     two children needs no branch for a missing one;
 #   - the scratch state of the passes is clear outside them: parents_left[i] == 0,
-#     reached[i] == 0, replay_level[i] == 0 (checked by _test_scratch_clear).
+#     reached[i] == 0, replay_level[i] == 0 for every i < size (checked by
+#     _test_scratch_clear); above size it is undefined until push hands the slot out.
 cdef struct Tape:
     real_t* value       # value[i]: the node's data (forward result)
     real_t* grad        # grad[i]: d(root)/d(node), accumulated by the reverse sweep;

@@ -85,10 +85,9 @@ cdef int grow(node_t needed) except -1:
     tape.reached[NO_NODE] = 1
     if tape.replay_level != NULL:       # (made by the first replay: grow_replay_levels)
         safe_realloc(<void**>&tape.replay_level, cap, sizeof(uint8_t))
-        memset(&tape.replay_level[old], 0, (cap - old) * sizeof(uint8_t))
-    # the scratch arrays start clear (their invariant), and stay so outside the passes
-    memset(&tape.parents_left[old], 0, (cap - old) * sizeof(int32_t))
-    memset(&tape.reached[old], 0, (cap - old) * sizeof(uint8_t))
+    # The scratch arrays are not cleared here: push clears a slot's scratch when it hands
+    # the slot out for the first time, so the pages above size are never touched (a
+    # doubling would otherwise make 5 bytes per slot of the new half resident at once).
     safe_realloc(<void**>&tape.op, cap, sizeof(uint8_t))
     safe_realloc(<void**>&tape.flags, cap, sizeof(uint16_t))
     safe_realloc(<void**>&tape.handle, cap, sizeof(PyObject*))
@@ -113,7 +112,7 @@ cdef int grow_replay_levels() except -1:
     not pay its byte per slot); from then on grow() keeps it as long as the others."""
     if tape.replay_level == NULL and tape.capacity > 0:
         safe_realloc(<void**>&tape.replay_level, tape.capacity, sizeof(uint8_t))
-        memset(tape.replay_level, 0, tape.capacity * sizeof(uint8_t))
+        memset(tape.replay_level, 0, tape.size * sizeof(uint8_t))
     return 0
 
 
@@ -204,6 +203,10 @@ cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexce
     else:
         i = tape.size
         tape.size += 1
+        tape.parents_left[i] = 0        # (the scratch of a slot above size is undefined)
+        tape.reached[i] = 0
+        if tape.replay_level != NULL:
+            tape.replay_level[i] = 0
     tape.value[i] = value
     tape.grad[i] = 0.0
     tape.lhs[i] = lhs
