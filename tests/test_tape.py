@@ -5,6 +5,7 @@ import gc
 import random
 import subprocess
 import sys
+import weakref
 
 import pytest
 
@@ -117,6 +118,63 @@ def test_init_twice_is_refused(C):
         v.__init__(2.0)
     assert v.data == 1.0
 
+
+
+@compiled
+def test_spare_handles_are_reused_clean_by_either_api(C):
+    # a dead handle is kept as a spare and comes back as a live handle of whichever API
+    # asks next: untracked, with no node of its past and no _backward of its past
+    G = core.GptValue
+    a = C(2.0)
+    out = C(4.0, (a,), 'sq')
+
+    def _backward():
+        a.grad += 2 * a.data * out.grad
+    out._backward = _backward
+    assert gc.is_tracked(out)
+    rule = weakref.ref(_backward)
+    ids = {id(out)} | {id(a * 1.0) for _ in range(10)}
+    del out, _backward
+    gc.collect()
+    assert rule() is None                      # the spare does not keep the function
+    g = G(3.0)
+    made = [g * 2.0 for _ in range(20)] + [C(5.0) + 1.0 for _ in range(20)]
+    assert ids & {id(v) for v in made}         # (spares were reused)
+    for v in made[:20]:
+        assert type(v) is G and v.data == 6.0 and v._children[0] is g
+        assert not gc.is_tracked(v)
+    for v in made[20:]:
+        assert type(v) is C and v.data == 6.0 and v._op == '+'
+        assert not gc.is_tracked(v) and v._backward == v._apply_rule
+        v.backward()
+        assert v.grad == 1.0
+
+
+@compiled
+def test_a_graph_dying_during_a_raise_keeps_the_exception(C):
+    # freeing a graph can run Python code (a pinned handle's _backward dies with its
+    # closure, and a label with it); the exception on its way out is kept aside meanwhile
+    freed = []
+
+    class Label(str):
+        def __del__(self):
+            try:                               # Python code that raises and catches
+                {}["missing"]
+            except KeyError:
+                freed.append(str(self))
+
+    def fail():
+        a = C(1.0, label=Label("a"))
+        out = C(2.0, (a,), 'custom', label=Label("out"))
+        out._backward = lambda: freed.append(out)
+        y = out * a                            # out is pinned by y
+        del out
+        raise LookupError("kept")
+
+    with pytest.raises(LookupError, match="kept"):
+        fail()
+    gc.collect()
+    assert sorted(f for f in freed if isinstance(f, str)) == ["a", "out"]
 
 GROWTH_FAILURE = """
 import gc

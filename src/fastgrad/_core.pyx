@@ -77,13 +77,25 @@ cdef extern from "Python.h":
     ctypedef struct PyNumberMethods:
         void* nb_float
         void* nb_index
+    ctypedef void (*destructor)(PyObject*) noexcept
+    ctypedef void (*freefunc)(void*) noexcept
     ctypedef struct PyTypeObject:
         PyNumberMethods* tp_as_number
+        Py_ssize_t tp_basicsize
+        destructor tp_dealloc
+        freefunc tp_free
     PyTypeObject* Py_TYPE(object o)
     void* type_of "Py_TYPE"(PyObject* o)           # (of a borrowed reference)
     PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)   # a borrowed reference
     void incref "Py_INCREF"(PyObject* o)
     void decref "Py_DECREF"(PyObject* o)
+    # (the handles' own allocation: see _core_operands.pxi)
+    PyObject* PyObject_Init(PyObject* o, PyTypeObject* t)
+    bint gc_is_tracked "PyObject_GC_IsTracked"(PyObject* o)
+    void gc_untrack "PyObject_GC_UnTrack"(void* o)
+    PyObject* PyErr_Occurred()
+    void PyErr_Fetch(PyObject** t, PyObject** v, PyObject** tb)
+    void PyErr_Restore(PyObject* t, PyObject* v, PyObject* tb)
 
 # How this module was built: the mode (release, debug, address...), the Cython that
 # generated it and the compiler's command line. `python -m fastgrad` prints it.

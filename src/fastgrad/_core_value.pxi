@@ -21,23 +21,17 @@ def _restore(data, grad, label):
     return v
 
 
-@cython.freelist(1024)
 cdef class _Handle:
     """A node's handle: what fastgrad.engine.Value (micrograd's API) and
     fastgrad.microgpt.Value (microgpt's) share: the slot, data, grad, the operators, the
-    ops and backward(). Each API is a final subclass of the same size, so that both take
-    their handles from this class's freelist; a graph is built from one of them."""
+    ops and backward(). Each API is a final subclass of the same size, so that both reuse
+    the same spare handles (see new_handle); a graph is built from one of them. A dying
+    handle lets go of its slot in dealloc_handle."""
     cdef node_t slot
     cdef object _fn     # the Python _backward assigned to this node (Value only), or None
 
     def __cinit__(self):
         self.slot = -1                  # (a handle no constructor ran on names no node)
-
-    def __dealloc__(self):
-        # a dying handle lets go of its slot (which dies too unless a parent names it)
-        if self.slot >= 0:
-            tape.handle[self.slot] = NULL
-            release(self.slot)
 
     # --- attributes -----------------------------------------------------------------
 
@@ -359,6 +353,16 @@ cdef class Value(_Handle):
         return (_restore, (self.data, self.grad, self.label))
 
 
+cdef int install_dealloc() except -1:
+    # every handle type frees its handles with dealloc_handle, which reuses them as any
+    # of the types: so they must all have _Handle's layout
+    for kind in (_Handle, Value, GptValue):
+        if kind.__basicsize__ != _Handle.__basicsize__:
+            raise ImportError(f"fastgrad: {kind.__name__} is not laid out as _Handle")
+        (<PyTypeObject*>kind).tp_dealloc = dealloc_handle
+    return 0
+
+
 def _restore_gpt(data, grad):
     """Unpickles a leaf fastgrad.microgpt.Value."""
     v = GptValue(data)
@@ -439,3 +443,6 @@ cdef class GptValue(_Handle):
         if tape.op[check_slot(self)] != LEAF:
             raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
         return (_restore_gpt, (self.data, self.grad))
+
+
+install_dealloc()
