@@ -93,6 +93,8 @@ cdef extern from "Python.h":
     PyObject* PyObject_Init(PyObject* o, PyTypeObject* t)
     bint gc_is_tracked "PyObject_GC_IsTracked"(PyObject* o)
     void gc_untrack "PyObject_GC_UnTrack"(void* o)
+    bint PyType_HasFeature(PyTypeObject* t, unsigned long feature)
+    const unsigned long Py_TPFLAGS_HEAPTYPE
     PyObject* PyErr_Occurred()
     void PyErr_Fetch(PyObject** t, PyObject** v, PyObject** tb)
     void PyErr_Restore(PyObject* t, PyObject* v, PyObject* tb)

@@ -137,6 +137,9 @@ cdef void dealloc_handle(PyObject* o) noexcept:
         (<_Handle>o)._fn = None
     if pending:
         PyErr_Restore(etype, evalue, etb)
+    if PyType_HasFeature(<PyTypeObject*>type_of(o), Py_TPFLAGS_HEAPTYPE):
+        decref(<PyObject*>type_of(o))   # (an instance of a heap type holds a reference to
+                                        # it; PyObject_Init takes a new one on reuse)
     if _spares < SPARE_HANDLES:
         _spare_handles[_spares] = o
         _spares += 1
