@@ -81,7 +81,6 @@ cdef extern from "Python.h":
     ctypedef void (*freefunc)(void*) noexcept
     ctypedef struct PyTypeObject:
         PyNumberMethods* tp_as_number
-        Py_ssize_t tp_basicsize
         destructor tp_dealloc
         freefunc tp_free
     PyTypeObject* Py_TYPE(object o)
