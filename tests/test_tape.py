@@ -119,7 +119,6 @@ def test_init_twice_is_refused(C):
     assert v.data == 1.0
 
 
-
 @compiled
 def test_spare_handles_are_reused_clean_by_either_api(C):
     # a dead handle is kept as a spare and comes back as a live handle of whichever API
@@ -175,6 +174,7 @@ def test_a_graph_dying_during_a_raise_keeps_the_exception(C):
         fail()
     gc.collect()
     assert sorted(f for f in freed if isinstance(f, str)) == ["a", "out"]
+
 
 GROWTH_FAILURE = """
 import gc
