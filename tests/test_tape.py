@@ -150,6 +150,28 @@ def test_spare_handles_are_reused_clean_by_either_api(C):
 
 
 @compiled
+def test_a_python_subclass_of_the_handle_is_freed_as_its_own():
+    # only the engine's own handle types become spares: an instance of a Python subclass
+    # (with a dict) is freed by its type, which keeps its own reference count
+    fresh("""
+import gc, sys
+from fastgrad._core import _Handle
+class Sub(_Handle):
+    pass
+before = sys.getrefcount(Sub)
+for _ in range(3000):
+    s = Sub()
+    s.note = [1, 2]
+    del s
+gc.collect()
+assert sys.getrefcount(Sub) == before, (before, sys.getrefcount(Sub))
+xs = [Value(float(k)) * 2.0 for k in range(3000)]
+assert [v.data for v in xs] == [2.0 * k for k in range(3000)]
+print("ok")
+""")
+
+
+@compiled
 def test_a_graph_dying_during_a_raise_keeps_the_exception(C):
     # freeing a graph can run Python code (a pinned handle's _backward dies with its
     # closure, and a label with it); the exception on its way out is kept aside meanwhile

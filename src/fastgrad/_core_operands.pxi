@@ -121,6 +121,7 @@ cdef void dealloc_handle(PyObject* o) noexcept:
     a typed variable would take a reference to an object whose count is 0.)"""
     global _spares
     cdef node_t i = (<_Handle>o).slot
+    cdef PyTypeObject* kind = <PyTypeObject*>type_of(o)
     cdef PyObject* etype = NULL
     cdef PyObject* evalue = NULL
     cdef PyObject* etb = NULL
@@ -137,14 +138,25 @@ cdef void dealloc_handle(PyObject* o) noexcept:
         (<_Handle>o)._fn = None
     if pending:
         PyErr_Restore(etype, evalue, etb)
-    if PyType_HasFeature(<PyTypeObject*>type_of(o), Py_TPFLAGS_HEAPTYPE):
-        decref(<PyObject*>type_of(o))   # (an instance of a heap type holds a reference to
+    if not is_handle_type(kind):
+        # a Python subclass of _Handle, freed through subtype_dealloc: its memory may
+        # differ (a dict, a weakref list), and subtype_dealloc drops the type's reference
+        kind.tp_free(o)
+        return
+    if PyType_HasFeature(kind, Py_TPFLAGS_HEAPTYPE):
+        decref(<PyObject*>kind)         # (an instance of a heap type holds a reference to
                                         # it; PyObject_Init takes a new one on reuse)
     if _spares < SPARE_HANDLES:
         _spare_handles[_spares] = o
         _spares += 1
     else:
-        (<PyTypeObject*>type_of(o)).tp_free(o)
+        kind.tp_free(o)
+
+
+cdef inline bint is_handle_type(PyTypeObject* kind) noexcept:
+    # the engine's own handle types, all laid out as _Handle (see install_dealloc)
+    return (kind == <PyTypeObject*>Value or kind == <PyTypeObject*>GptValue or
+            kind == <PyTypeObject*>_Handle)
 
 
 cdef inline _Handle new_handle_like(_Handle a):
