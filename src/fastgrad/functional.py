@@ -46,28 +46,43 @@ def _engine_of(values: Sequence[Any]) -> ModuleType:
     return engine
 
 
+# Each helper looks its engine up from its first Value's type, in a try block: that costs
+# next to nothing when it succeeds, and the helpers are called once per layer, so their
+# Python is per-call overhead (measured by the microgpt benchmark's overhead table).
+
 def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]]) -> list[Value]:
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w]: one node per row, its
     children the row's weights and x (a number in x becomes a leaf). Every row must have
     len(x) weights. Attention works through it too: linear(q, keys) gives the logits
     q . k_t, and linear(weights, [[v[j] for v in values] for j ...]) the head's output."""
-    rows = w if isinstance(w, list) else list(w)
-    if rows and not isinstance(rows[0], (list, tuple)):
-        rows = [list(r) for r in rows]
-    probe = (rows[0][0],) if rows and rows[0] else tuple(x[:1])
-    return _engine_of(probe)._linear(x, rows)
+    try:
+        module = _ENGINE_OF[type(w[0][0])]
+    except (LookupError, TypeError):        # no rows, an empty row, rows not indexable
+        w = w if isinstance(w, list) else list(w)
+        if w and not isinstance(w[0], (list, tuple)):
+            w = [list(r) for r in w]
+        module = _engine_of((w[0][0],) if w and w[0] else tuple(x[:1]))
+    return module._linear(x, w)
 
 
 def rmsnorm(x: Sequence[Value], eps: float = 1e-5) -> list[Value]:
     """ms = sum(xi * xi for xi in x) / len(x); scale = (ms + eps) ** -0.5;
     [xi * scale for xi in x]: scale is one node over x, each output a '*' node."""
-    return _engine_of(x[:1])._rmsnorm(x, eps)
+    try:
+        module = _ENGINE_OF[type(x[0])]
+    except (LookupError, TypeError):
+        module = _engine_of(x[:1])
+    return module._rmsnorm(x, eps)
 
 
 def softmax(logits: Sequence[Value]) -> list[Value]:
     """exp(x_i - m) / sum_j exp(x_j - m) for each logit, m the largest: microgpt's
     softmax, as n + 1 nodes (the sum, then each probability over its logit and the sum)."""
-    return _engine_of(logits[:1])._softmax(logits)
+    try:
+        module = _ENGINE_OF[type(logits[0])]
+    except (LookupError, TypeError):
+        module = _engine_of(logits[:1])
+    return module._softmax(logits)
 
 
 def cross_entropy(logits: Sequence[Value], target: int) -> Value:
@@ -77,4 +92,8 @@ def cross_entropy(logits: Sequence[Value], target: int) -> Value:
         raise TypeError(f"target must be an int class index, not {type(target).__name__!r}")
     if not -len(logits) <= target < len(logits):
         raise IndexError(f"target {target} out of range for {len(logits)} logits")
-    return _engine_of(logits[:1])._cross_entropy(logits, target % len(logits))
+    try:
+        module = _ENGINE_OF[type(logits[0])]
+    except (LookupError, TypeError):
+        module = _engine_of(logits[:1])
+    return module._cross_entropy(logits, target % len(logits))

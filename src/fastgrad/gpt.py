@@ -66,26 +66,33 @@ class GPT:
     def tokens(self, doc: str) -> list[int]:
         return [self.bos] + [self.chars.index(c) for c in doc] + [self.bos]
 
-    def forward(self, token: int, pos: int, keys: list[list[Any]],
-                values: list[list[Any]]) -> list[Any]:
-        """The logits of the next token after `token` at `pos`; keys and values are the
-        cache of the earlier positions, one list per layer, appended to here."""
+    def new_cache(self) -> list[tuple[list[list[Any]], list[list[Any]]]]:
+        """An empty KV cache: per layer, each head's keys (one slice of head_dim Values per
+        position) and each dimension's values (one Value per position, transposed: the
+        rows linear() sums the attention weights over)."""
+        return [([[] for _ in range(self.n_head)], [[] for _ in range(self.n_embd)])
+                for _ in range(self.n_layer)]
+
+    def forward(self, token: int, pos: int, cache: list[Any]) -> list[Any]:
+        """The logits of the next token after `token` at `pos`; cache (new_cache()) holds
+        the keys and values of the earlier positions, and this one's are appended to it."""
         W, hd, linear, rmsnorm = self.weights, self.head_dim, F.linear, F.rmsnorm
+        root = hd ** 0.5
         x = rmsnorm([t + p for t, p in zip(W['wte'][token], W['wpe'][pos])])
-        for layer, (wq, wk, wv, wo, fc1, fc2) in enumerate(self.layers):
+        for (wq, wk, wv, wo, fc1, fc2), (keys, values) in zip(self.layers, cache):
             skip = x
             x = rmsnorm(x)
-            q = linear(x, wq)
-            keys[layer].append(linear(x, wk))
-            values[layer].append(linear(x, wv))
+            q, k = linear(x, wq), linear(x, wk)
+            for h, lo in enumerate(range(0, self.n_embd, hd)):
+                keys[h].append(k[lo:lo + hd])
+            for column, v in zip(values, linear(x, wv)):
+                column.append(v)
             heads = []
-            for lo in range(0, self.n_embd, hd):
-                # q . k_t for every cached position, scaled as microgpt scales it
-                scores = [s / hd ** 0.5 for s in linear(q[lo:lo + hd],
-                                                        [k[lo:lo + hd] for k in keys[layer]])]
-                attn = F.softmax(scores)
+            for h, lo in enumerate(range(0, self.n_embd, hd)):
+                # q . k_t / sqrt(head_dim) for every cached position, as microgpt scales it
+                attn = F.softmax([s / root for s in linear(q[lo:lo + hd], keys[h])])
                 # sum over t of attn[t] * v_t, one output per dimension of the head
-                heads += linear(attn, [[v[j] for v in values[layer]] for j in range(lo, lo + hd)])
+                heads += linear(attn, values[lo:lo + hd])
             x = [a + b for a, b in zip(linear(heads, wo), skip)]
             skip = x
             x = [h.relu() for h in linear(rmsnorm(x), fc1)]
@@ -96,9 +103,8 @@ class GPT:
         """The mean cross-entropy of predicting each next token of doc (one graph)."""
         tokens = self.tokens(doc)
         n = min(self.block_size, len(tokens) - 1)
-        keys: list[list[Any]] = [[] for _ in range(self.n_layer)]
-        values: list[list[Any]] = [[] for _ in range(self.n_layer)]
-        losses = [F.cross_entropy(self.forward(tokens[pos], pos, keys, values), tokens[pos + 1])
+        cache = self.new_cache()
+        losses = [F.cross_entropy(self.forward(tokens[pos], pos, cache), tokens[pos + 1])
                   for pos in range(n)]
         return (1 / n) * sum(losses)
 
@@ -115,11 +121,10 @@ class GPT:
     def sample(self, temperature: float = 0.5) -> str:
         """A name drawn token by token until the model emits BOS, with no graph recorded."""
         with no_grad():
-            keys: list[list[Any]] = [[] for _ in range(self.n_layer)]
-            values: list[list[Any]] = [[] for _ in range(self.n_layer)]
+            cache = self.new_cache()
             token, out = self.bos, []
             for pos in range(self.block_size):
-                logits = self.forward(token, pos, keys, values)
+                logits = self.forward(token, pos, cache)
                 probs = F.softmax([logit / temperature for logit in logits])
                 token = random.choices(range(self.vocab_size), weights=[p.data for p in probs])[0]
                 if token == self.bos:
