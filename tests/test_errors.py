@@ -1,10 +1,15 @@
 """Bad input: a clear exception at the boundary, and the arena as it was."""
 import math
+import numbers
+import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
 
 import micrograd.engine
+
+from fastgrad import reference
 
 
 @pytest.mark.parametrize("bad", [None, "2.0", [1.0], {}, 1j, object()])
@@ -30,6 +35,66 @@ def test_non_numeric_data(Value, bad):
         v.data = bad
     with pytest.raises(TypeError):
         v.grad = bad
+    assert (v.data, v.grad) == (1.0, 0.0)
+
+
+def uninterned(name):
+    # an equal string that is not the interned one: the compiled handles' fast write of
+    # data and grad answers only the interned name, so this takes the generic path
+    name = "".join(list(name))
+    assert name is not sys.intern(name)
+    return name
+
+
+@pytest.mark.parametrize("api", ["engine", "microgpt"])
+@pytest.mark.parametrize("attr", ["data", "grad"])
+@pytest.mark.parametrize("x", [2.5, -3, True, 0, 10 ** 15 + 1, np.float64(0.25), np.int64(-7),
+                               Fraction(1, 4), 10 ** 400, "1.0", None, 1j])
+def test_writes_of_data_and_grad_take_what_the_setters_take(engine, api, attr, x):
+    # v.attr = x and setattr(v, <an equal but uninterned name>, x) store the same number
+    # or raise the same error, leaving the node as it was
+    cls = engine.Value if api == "engine" else (
+        engine.core.GptValue if engine.compiled else reference.GptValue)
+    outcomes = []
+    for name in (attr, uninterned(attr)):
+        v = cls(1.5)
+        try:
+            setattr(v, name, x)
+            outcomes.append(("stored", getattr(v, attr), type(getattr(v, attr))))
+        except (TypeError, OverflowError) as e:
+            outcomes.append((type(e), str(e), v.data, v.grad))
+    assert outcomes[0] == outcomes[1]
+    if isinstance(x, numbers.Real) and abs(x) < 10 ** 300:
+        assert outcomes[0] == ("stored", float(x), float)
+    else:
+        assert outcomes[0][2:] == (1.5, 0.0)
+
+
+def test_writing_data_invalidates_a_recorded_replay(Value):
+    # recompute() records local derivatives at the data of its time, and backward() uses
+    # them until a value changes; a write of data through either path is such a change,
+    # so backward() then reads the new data, as micrograd's closures do
+    for name, x in (("data", 3.0), (uninterned("data"), 4), ("data", 5)):
+        a, m = Value(2.0), micrograd.engine.Value(2.0)
+        y, ym = a * a + a, m * m + m
+        y.recompute()
+        setattr(a, name, x)
+        m.data = x
+        y.backward()
+        ym.backward()
+        assert a.grad == m.grad == 2 * x + 1
+
+
+def test_deleting_data_or_grad_is_refused(Value):
+    # (through either path: the compiled handles' fast write does not take deletions)
+    v = Value(1.0)
+    for attr in ("data", "grad"):
+        errors = []
+        for name in (attr, uninterned(attr)):
+            with pytest.raises(Exception) as e:
+                delattr(v, name)
+            errors.append((e.type, str(e.value)))
+        assert errors[0] == errors[1]
     assert (v.data, v.grad) == (1.0, 0.0)
 
 

@@ -171,6 +171,25 @@ print("ok")
 """)
 
 
+def test_a_python_subclass_of_the_handle_writes_through_its_own_attributes():
+    # the handle types' fast write of data and grad is for the engine's own types: a
+    # subclass that defines them (or adds others) is written the generic way
+    class Sub(core._Handle):
+        seen = []
+
+        @property
+        def data(self):
+            return "own"
+
+        @data.setter
+        def data(self, x):
+            Sub.seen.append(x)
+    s = Sub()
+    s.data = 2.5
+    s.note = "kept"
+    assert (Sub.seen, s.data, s.note) == ([2.5], "own", "kept")
+
+
 @compiled
 def test_a_graph_dying_during_a_raise_keeps_the_exception(C):
     # freeing a graph can run Python code (a pinned handle's _backward dies with its

@@ -79,10 +79,12 @@ cdef extern from "Python.h":
         void* nb_index
     ctypedef void (*destructor)(PyObject*) noexcept
     ctypedef void (*freefunc)(void*) noexcept
+    ctypedef int (*setattrofunc)(PyObject*, PyObject*, PyObject*) noexcept
     ctypedef struct PyTypeObject:
         PyNumberMethods* tp_as_number
         destructor tp_dealloc
         freefunc tp_free
+        setattrofunc tp_setattro
     PyTypeObject* Py_TYPE(object o)
     void* type_of "Py_TYPE"(PyObject* o)           # (of a borrowed reference)
     PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)   # a borrowed reference
@@ -95,6 +97,12 @@ cdef extern from "Python.h":
     bint PyType_HasFeature(PyTypeObject* t, unsigned long feature)
     const unsigned long Py_TPFLAGS_HEAPTYPE
     PyObject* PyErr_Occurred()
+    # (writing the handles' data and grad: see _core_operands.pxi; references borrowed)
+    int generic_setattr "PyObject_GenericSetAttr"(PyObject* o, PyObject* name, PyObject* v) noexcept
+    bint float_check_exact "PyFloat_CheckExact"(PyObject* o) noexcept
+    bint long_check_exact "PyLong_CheckExact"(PyObject* o) noexcept
+    double float_as_double "PyFloat_AS_DOUBLE"(PyObject* o) noexcept
+    double long_as_double "PyLong_AsDouble"(PyObject* o) noexcept
     void PyErr_Fetch(PyObject** t, PyObject** v, PyObject** tb)
     void PyErr_Restore(PyObject* t, PyObject* v, PyObject* tb)
 

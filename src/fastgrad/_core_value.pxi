@@ -353,13 +353,15 @@ cdef class Value(_Handle):
         return (_restore, (self.data, self.grad, self.label))
 
 
-cdef int install_dealloc() except -1:
+cdef int install_slots() except -1:
     # every handle type frees its handles with dealloc_handle, which reuses them as any
-    # of the types: so they must all have _Handle's layout
+    # of the types: so they must all have _Handle's layout; and data and grad are
+    # written through the fast path beside it
     for kind in (_Handle, Value, GptValue):
         if kind.__basicsize__ != _Handle.__basicsize__:
             raise ImportError(f"fastgrad: {kind.__name__} is not laid out as _Handle")
         (<PyTypeObject*>kind).tp_dealloc = dealloc_handle
+        (<PyTypeObject*>kind).tp_setattro = handle_setattro
     return 0
 
 
@@ -445,4 +447,4 @@ cdef class GptValue(_Handle):
         return (_restore_gpt, (self.data, self.grad))
 
 
-install_dealloc()
+install_slots()
