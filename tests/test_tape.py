@@ -1,6 +1,7 @@
 """The compiled arena's internals: growth, freeing, slot reuse, handles, the descending
 pass and Kahn's, failure paths, cached orders, threads sharing one arena. (What holds on
 either engine is in test_lifecycle.py.)"""
+import contextlib
 import gc
 import random
 import subprocess
@@ -253,12 +254,25 @@ def test_failed_growth_raises_memoryerror_and_keeps_the_graph(fail_after):
 
 
 def on_top(C, x):
-    """A new leaf in a slot above every free slot, with some free slots left below it: the
-    nodes made next land below it, so a graph over it does not descend the slots."""
+    """A new leaf in a slot above every free slot, with some free slots left below it (the
+    nodes made next could land below it, and do not)."""
     drain = [C(0.0) for _ in range(core._tape_stats()["free"] + 8)]
     v = C(x)
     del drain
     return v
+
+
+@contextlib.contextmanager
+def kahns(C):
+    """While open, every backward() orders its graph with Kahn's algorithm: a node with an
+    assigned _backward anywhere takes all graphs off the descending pass, and one with no
+    Python rule under its root is then swept by kahn_sweep."""
+    other = C(0.0) * 1.0
+    other._backward = lambda: None
+    try:
+        yield
+    finally:
+        del other
 
 
 def fresh_slots(C):
@@ -279,20 +293,48 @@ def test_slot_order_decides_the_sweep_not_the_result(C):
     hold = fresh_slots(C)
     a1, b1 = C(0.7), C(-1.3)
     y1 = expr(C, a1, b1)
-    a2, b2 = on_top(C, 0.7), on_top(C, -1.3)
+    a2, b2 = C(0.7), C(-1.3)
     y2 = expr(C, a2, b2)
     ma, mb = M(0.7), M(-1.3)
     my = expr(M, ma, mb)
-    assert core._test_descends(y1) and not core._test_descends(y2)
-    for y in (y1, y2, my):
-        y.backward()
-        y.backward()                            # again, from the cached order
+    assert core._test_descends(y1) and core._test_descends(y2)
+    y1.backward()
+    y1.backward()                               # again, from the cached order
+    with kahns(C):
+        y2.backward()
+        y2.backward()
+    my.backward()
+    my.backward()
     for a, b in ((a1, b1), (a2, b2)):
         assert (a.grad, b.grad) == (pytest.approx(ma.grad, rel=1e-12), pytest.approx(mb.grad, rel=1e-12))
     # a node with a Python _backward anywhere under it: the general sweep
     z = C(y1.data, (y1,), 'id')
     assert not core._test_descends(z)
     assert core._test_scratch_clear()
+    del hold
+
+
+@compiled
+def test_a_node_lands_above_its_children_when_free_slots_lie_below_them(C):
+    # free slots below a node's children are passed over: it takes the lowest free slot
+    # above its highest child (or a fresh one), so the graph descends. (With the lowest
+    # free slot whatever the children, these nodes landed below a and b.)
+    hold = fresh_slots(C)
+    below = [C(0.0) for _ in range(40)]
+    a, b = C(0.7), C(-1.3)
+    above = [C(0.0) for _ in range(3)]
+    del below[::3], above[1]                    # free slots below a and b, one above
+    y = (a * b + a).relu() * b
+    slots = [core._test_slot(v) for v in (a, b, y)]
+    assert core._test_descends(y) and slots[2] > max(slots[:2])
+    del above[0]                                # (a free slot just above b again)
+    free = core._test_free_slots()
+    c = a * b                                   # takes it, not a lower one
+    assert core._test_slot(c) == min(f for f in free if f > core._test_slot(b))
+    leaf = C(2.0)                               # a leaf still takes the lowest free slot
+    assert core._test_slot(leaf) == min(core._test_free_slots() + [core._test_slot(leaf)])
+    assert core._test_slot(leaf) < core._test_slot(a)
+    core._test_free_slots()                     # (checks the bitmaps against the flags)
     del hold
 
 
@@ -356,7 +398,7 @@ def sparse_graph(C, descending=True):
     """A small graph whose leaves lie far below it in the arena (20,000 live nodes in
     between): the descending pass hands it over to Kahn's algorithm partway. Nodes under
     the handover point name each other (q under r, p0 under both), and one is fused.
-    With descending=False, the same graph with its leaves above it (Kahn's algorithm)."""
+    With descending=False, the same graph with its leaves on top of the free slots."""
     hold = fresh_slots(C)
     p = [C(0.5 + 0.1 * k) if descending else on_top(C, 0.5 + 0.1 * k) for k in range(4)]
     q = p[0] * p[1]
@@ -394,12 +436,14 @@ def test_descending_pass_hands_a_sparse_graph_to_kahn(C):
     # again from the cached order (the swept nodes, then Kahn's): as Kahn's algorithm
     # does it, intermediate grads accumulating (a fused node's differ from micrograd's here)
     _, _, p2, top2 = sparse_graph(C, descending=False)
-    assert not core._test_descends(top2)
-    top2.backward()
+    assert core._test_descends(top2)
+    with kahns(C):
+        top2.backward()
     for v in p + p2:
         v.grad = 0.0
     top.backward()
-    top2.backward()
+    with kahns(C):
+        top2.backward()
     assert [v.grad for v in p] == [pytest.approx(v.grad, rel=1e-12) for v in p2]
 
 
@@ -422,19 +466,19 @@ def test_descending_pass_never_fails_for_memory(C, fail_after):
 
 @compiled
 def test_failed_ordering_allocation_leaves_no_counts(C):
-    a = on_top(C, 1.0)
+    a = C(1.0)
     y = a
     for _ in range(500):
         y = y * 1.0 + a
-    assert not core._test_descends(y)   # Kahn's algorithm, whose lists must be allocated
-    core._test_fail_allocs(3)
-    try:
-        with pytest.raises(MemoryError):
-            y.backward()
-    finally:
-        core._test_fail_allocs(-1)
-    assert core._test_scratch_clear()
-    y.backward()                       # a stale parent count would cut the sweep short
+    with kahns(C):                     # Kahn's algorithm, whose lists must be allocated
+        core._test_fail_allocs(3)
+        try:
+            with pytest.raises(MemoryError):
+                y.backward()
+        finally:
+            core._test_fail_allocs(-1)
+        assert core._test_scratch_clear()
+        y.backward()                   # a stale parent count would cut the sweep short
     assert a.grad == 501.0
 
 

@@ -58,13 +58,15 @@ ctypedef union param_t:
 #     edge, so `a + a` counts 2) + (1 if handle[i] is not NULL);
 #   - a live slot's index never moves; a free slot below size has the FREE flag and its
 #     bit set in free_bits (and its word's bit in free_words); a new node takes the lowest
-#     free slot, or slot size when none is free (free slots: size - live);
+#     free slot above its highest child (a leaf: the lowest free slot), or slot size when
+#     there is none (free slots: size - live); so every edge goes to a lower slot;
 #   - lhs/rhs are -1 where the op has fewer children; CUSTOM, AFFINE and LOCAL keep theirs
 #     in param[i].kids (AFFINE: b, w0, x0, w1, x1, ...) and have lhs = rhs = -1;
-#   - children of a node were created before it, but slot reuse means index order is not
-#     always topological order. Where it is (DESCENDS, fixed when the node is made, since
-#     slots and children never change), backward sweeps the slots downwards from the root;
-#     elsewhere it orders the reachable nodes with Kahn's algorithm;
+#   - children of a node were created before it and lie in lower slots, so index order
+#     is topological order. Where no node under a root has a Python rule (DESCENDS, fixed
+#     when the node is made, since slots and children never change), backward sweeps the
+#     slots downwards from the root; elsewhere it orders the reachable nodes with Kahn's
+#     algorithm;
 #   - index -1 ("no child") is readable and writable in grad, parents_left and reached
 #     (each of those allocations has one element in front), so that a pass over a node's
 #     two children needs no branch for a missing one;
@@ -94,6 +96,7 @@ cdef struct Tape:
     uint64_t* free_bits # bit i % 64 of free_bits[i / 64]: slot i (< size) is free
     uint64_t* free_words  # bit j % 64 of free_words[j / 64]: free_bits[j] is not 0
     Py_ssize_t free_hint  # no bit of free_words is set in a word below this one
+    node_t free_top     # no slot above this one is free
     node_t live         # number of live slots
     node_t overridden   # live nodes of a built-in op whose _backward was assigned: while
                         # any exist, every backward() takes the sweep that can call Python

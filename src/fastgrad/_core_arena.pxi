@@ -189,18 +189,27 @@ cdef inline void add_ref(node_t c) noexcept:
 
 
 cdef inline uint16_t descends_to(node_t i, node_t c) noexcept:
-    # DESCENDS if the edge i -> c goes down and c's own graph descends
-    return tape.flags[c] & DESCENDS if c < i else 0
+    # DESCENDS if c's own graph descends (the edge i -> c goes down: see the free slots)
+    invariant(c < i, b"a node lies above its children")
+    return tape.flags[c] & DESCENDS
 
 
 cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexcept:
     """A new node (after reserve: cannot fail) holding a reference to each child; param
     and the child list of CUSTOM, AFFINE and LOCAL nodes are set by their makers."""
-    cdef node_t i
+    return push_above(op, value, lhs, rhs, lhs if lhs > rhs else rhs)
+
+
+cdef inline node_t push_above(uint8_t op, real_t value, node_t lhs, node_t rhs,
+                              node_t highest) noexcept:
+    """push, for a node whose highest child is `highest` (-1 for none): it takes the lowest
+    free slot above that child, or slot size. (The makers of child-list nodes say which
+    child is highest: see highest_child.)"""
+    cdef node_t i = -1
     cdef uint16_t descends = DESCENDS
     if tape.live < tape.size:
-        i = take_lowest_free()
-    else:
+        i = take_lowest_free() if highest < 0 else take_free_above(highest)
+    if i < 0:
         i = tape.size
         tape.size += 1
         tape.parents_left[i] = 0        # (the scratch of a slot above size is undefined)
@@ -289,16 +298,23 @@ cdef void release(node_t i) noexcept:
         tape.live -= 1
 
 
-# Free slots. A new node takes the lowest free slot, so a graph built after others died
-# lands in the lowest slots, in the order it is made: consecutive nodes sit side by side
-# (cache lines, prefetching), each above the nodes made before it in the same burst,
-# which keeps the one-pass backward (DESCENDS) whenever its children are older and lower.
+# Free slots. A new node takes the lowest free slot above its highest child (a leaf the
+# lowest free slot), so a graph built after others died lands in the lowest slots, in the
+# order it is made: consecutive nodes sit side by side (cache lines, prefetching), and
+# every edge goes down, which keeps the one-pass backward (DESCENDS) even when slots
+# freed mid-graph lie below a node's children (microgpt's script drops each position's
+# unused probabilities just before it takes the log of the target's).
 # Taking the lowest is O(1) amortized with two levels of bitmaps: free_words says which
 # words of free_bits are not empty, and free_hint skips the empty words below; a free
 # moves the hint down, a take only up, so each word is passed over once per emptying.
+# Above a child, the search starts at the child's word and stops at free_top's (no slot
+# above free_top is free), which a search that finds nothing lowers to the child: so the
+# common cases, a free slot next to the child or none above it, cost a word or two.
 
 cdef inline void mark_free(node_t i) noexcept nogil:
     cdef Py_ssize_t j = i >> 6
+    if i > tape.free_top:
+        tape.free_top = i
     if tape.free_bits[j] == 0:
         tape.free_words[j >> 6] |= (<uint64_t>1) << (j & 63)
         if (j >> 6) < tape.free_hint:
@@ -320,3 +336,43 @@ cdef inline node_t take_lowest_free() noexcept nogil:
         tape.free_words[w] &= ~((<uint64_t>1) << (j & 63))
     invariant(tape.flags[i] & FREE and i < tape.size, b"the lowest free slot is free")
     return i
+
+
+cdef inline node_t take_free_above(node_t b) noexcept nogil:
+    """The lowest free slot above slot b (>= 0), taken off the bitmaps, or -1 if none is."""
+    cdef Py_ssize_t j, w, last
+    cdef uint64_t bits, words
+    cdef node_t i
+    if b >= tape.free_top:
+        return -1
+    j = (b + 1) >> 6
+    bits = tape.free_bits[j] & ((~(<uint64_t>0)) << ((b + 1) & 63))
+    if bits == 0:
+        # the next non-empty word of free_bits above j: its bit in free_words
+        w = j >> 6
+        last = tape.free_top >> 12
+        words = tape.free_words[w] & ~(((<uint64_t>2) << (j & 63)) - 1)
+        while words == 0:
+            w += 1
+            if w > last:
+                tape.free_top = b           # (nothing above b is free)
+                return -1
+            words = tape.free_words[w]
+        j = (w << 6) + lowest_bit(words)
+        bits = tape.free_bits[j]
+    i = <node_t>((j << 6) + lowest_bit(bits))
+    tape.free_bits[j] &= ~((<uint64_t>1) << (i & 63))
+    if tape.free_bits[j] == 0:
+        tape.free_words[j >> 6] &= ~((<uint64_t>1) << (j & 63))
+    invariant(tape.flags[i] & FREE and b < i < tape.size, b"a free slot above the child is free")
+    return i
+
+
+cdef inline node_t highest_child(node_t* kids) noexcept nogil:
+    """The highest slot in a child list (-1 for none)."""
+    cdef node_t top = -1, k
+    if kids != NULL:
+        for k in range(1, kids[0] + 1):
+            if kids[k] > top:
+                top = kids[k]
+    return top

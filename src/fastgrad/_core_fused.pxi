@@ -43,7 +43,7 @@ cdef node_t push_local(node_t* block, real_t value) noexcept:
     """A LOCAL node of the given value owning block (its children and derivatives set):
     add_ref and descends_to for each child, with the arrays read once (pin, the rare
     case, runs no Python code and moves no array)."""
-    cdef node_t i = push(LOCAL, value, -1, -1)
+    cdef node_t i = push_above(LOCAL, value, -1, -1, highest_child(block))
     cdef node_t k, c
     cdef int32_t* refs = tape.refs
     cdef uint16_t* flags = tape.flags
@@ -54,7 +54,8 @@ cdef node_t push_local(node_t* block, real_t value) noexcept:
         refs[c] += 1
         if (flags[c] & (HAS_FN | PINNED)) == HAS_FN:
             pin(c)
-        descends &= flags[c] if c < i else 0
+        invariant(c < i, b"a node lies above its children")
+        descends &= flags[c]
     flags[i] &= descends | ~DESCENDS
     return i
 

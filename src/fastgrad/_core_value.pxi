@@ -182,7 +182,7 @@ cdef class Value(_Handle):
                 arr[0] = n
                 for k in range(n):
                     arr[k + 1] = (<Value>kids[k]).slot
-            i = push(CUSTOM, x, -1, -1)
+            i = push_above(CUSTOM, x, -1, -1, highest_child(arr))
             tape.flags[i] &= ~DESCENDS         # its rule is Python code: the general sweep
             tape.param[i].kids = arr
             for k in range(n):
@@ -340,7 +340,7 @@ cdef class Value(_Handle):
             kids[3 + 2 * k] = (<Value>x[k]).slot if type(x[k]) is Value else \
                 push(LEAF, number[k], -1, -1)
         PyMem_Free(number)
-        i = push(AFFINE, affine_forward(kids), -1, -1)
+        i = push_above(AFFINE, affine_forward(kids), -1, -1, highest_child(kids))
         tape.param[i].kids = kids
         for k in range(1, 2 * n + 2):
             add_ref(kids[k])
@@ -410,10 +410,11 @@ cdef class GptValue(_Handle):
         except BaseException:
             PyMem_Free(block)
             raise
-        i = push(LOCAL, x, -1, -1)
-        tape.param[i].kids = block
         for k in range(n):
             block[k + 1] = (<GptValue>kids[k]).slot
+        i = push_above(LOCAL, x, -1, -1, highest_child(block))
+        tape.param[i].kids = block
+        for k in range(n):
             add_ref(block[k + 1])
             tape.flags[i] &= descends_to(i, block[k + 1]) | ~DESCENDS
         attach(self, i)
