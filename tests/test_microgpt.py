@@ -265,6 +265,28 @@ def test_the_script_with_only_the_import_changed(line, baseline_losses):
                for n in names)
 
 
+@pytest.mark.compiled
+@pytest.mark.parametrize("line", DROP_IN)
+def test_the_scripts_step_gets_the_one_pass_backward(line):
+    # the script rebinds `probs` before it takes the log of the target's: the unused
+    # probabilities die there, and the log's node must not land in their slots, below its
+    # child (with the lowest free slot whatever the children, it did from position 1 on,
+    # on a fresh arena as after a step's graph died)
+    script = load_script(line)
+    for step in range(2):
+        tokens = [script.BOS] + [script.chars.index(c) for c in script.docs[step]] + [script.BOS]
+        keys, values = [[]], [[]]
+        losses = []
+        for pos in range(min(script.block_size, len(tokens) - 1)):
+            probs = script.softmax(script.gpt(tokens[pos], pos, keys, values))
+            losses.append(-probs[tokens[pos + 1]].log())
+        loss = (1 / len(losses)) * sum(losses)
+        assert core()._tape_stats()["free"] > 0      # (slots did die meanwhile)
+        assert core()._test_descends(loss)
+        loss.backward()
+        del loss, losses, probs
+
+
 def test_the_fused_model_draws_the_scripts_weights_and_follows_its_losses(baseline_losses):
     from fastgrad.gpt import GPT
     script = load_script("from fastgrad.engine import Value")
