@@ -11,8 +11,8 @@ def _tape_stats():
 
 
 def _test_free_slots():
-    """The free slots by the bitmaps, lowest first, checked against the FREE flags and the
-    word bitmap; reserve() relies on their number being size - live."""
+    """The free slots by the bitmaps, lowest first, checked against the FREE flags, the
+    word bitmap, the hint and free_top; reserve() relies on their number being size - live."""
     cdef node_t i
     cdef Py_ssize_t j
     out = []
@@ -28,6 +28,8 @@ def _test_free_slots():
             raise AssertionError(f"word {j} of free_bits and its bit in free_words disagree")
         if tape.free_bits[j] != 0 and (j >> 6) < tape.free_hint:
             raise AssertionError(f"word {j} has free slots below the hint")
+    if out and out[len(out) - 1] > tape.free_top:
+        raise AssertionError(f"slot {out[len(out) - 1]} is free, above free_top {tape.free_top}")
     return out
 
 
