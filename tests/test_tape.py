@@ -192,6 +192,30 @@ def test_a_python_subclass_of_the_handle_writes_through_its_own_attributes():
 
 
 @compiled
+def test_a_full_arena_places_a_node_below_its_child_rather_than_past_its_end():
+    # reserve() counts the free slots as room; in a full arena with every free slot below
+    # a node's children, the node takes one of them (before, it was written one past the
+    # arrays' end: a heap overflow that corrupted the interpreter a while later)
+    fresh("""
+from fastgrad._core import _tape_stats, _test_descends, _test_free_slots, _test_slot
+hold = [Value(0.5)]                # (the arena is allocated with the first node)
+while _tape_stats()["size"] < _tape_stats()["capacity"]:
+    hold.append(Value(0.5))
+del hold[:10]
+top = hold[-1]
+assert _test_slot(top) == _tape_stats()["capacity"] - 1
+y = top * 2.0 + top
+st = _tape_stats()
+assert st["size"] == st["capacity"] and _test_slot(y) < _test_slot(top), st
+assert not _test_descends(y)
+_test_free_slots()
+y.backward()
+assert (y.data, top.grad) == (1.5, 3.0)
+print("ok")
+""")
+
+
+@compiled
 def test_a_graph_dying_during_a_raise_keeps_the_exception(C):
     # freeing a graph can run Python code (a pinned handle's _backward dies with its
     # closure, and a label with it); the exception on its way out is kept aside meanwhile

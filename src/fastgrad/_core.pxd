@@ -59,14 +59,15 @@ ctypedef union param_t:
 #   - a live slot's index never moves; a free slot below size has the FREE flag and its
 #     bit set in free_bits (and its word's bit in free_words); a new node takes the lowest
 #     free slot above its highest child (a leaf: the lowest free slot), or slot size when
-#     there is none (free slots: size - live); so every edge goes to a lower slot;
+#     there is none (free slots: size - live), or when the arena is full the lowest free
+#     slot; so every edge goes to a lower slot unless it was made in a full arena;
 #   - lhs/rhs are -1 where the op has fewer children; CUSTOM, AFFINE and LOCAL keep theirs
 #     in param[i].kids (AFFINE: b, w0, x0, w1, x1, ...) and have lhs = rhs = -1;
-#   - children of a node were created before it and lie in lower slots, so index order
-#     is topological order. Where no node under a root has a Python rule (DESCENDS, fixed
-#     when the node is made, since slots and children never change), backward sweeps the
-#     slots downwards from the root; elsewhere it orders the reachable nodes with Kahn's
-#     algorithm;
+#   - children of a node were created before it and (but in a full arena) lie in lower
+#     slots. Where every edge under a root goes down and no node under it has a Python
+#     rule (DESCENDS, fixed when the node is made, since slots and children never change),
+#     backward sweeps the slots downwards from the root; elsewhere it orders the reachable
+#     nodes with Kahn's algorithm;
 #   - index -1 ("no child") is readable and writable in grad, parents_left and reached
 #     (each of those allocations has one element in front), so that a pass over a node's
 #     two children needs no branch for a missing one;

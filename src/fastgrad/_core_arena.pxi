@@ -117,8 +117,9 @@ cdef int grow_replay_levels() except -1:
 
 
 cdef inline int reserve(node_t n) except -1:
-    """Room for n more slots: after reserve(n), n pushes cannot fail. push takes free
-    slots first (size - live of them), then new ones at size."""
+    """Room for n more slots: after reserve(n), n pushes cannot fail. The room is the free
+    slots (size - live of them) and the new ones at size: push takes a new one while any
+    is left, a free one in a full arena (see push_above)."""
     cdef node_t fresh = n - (tape.size - tape.live)
     if fresh > 0 and tape.size > tape.capacity - fresh:
         grow(tape.size + fresh)
@@ -189,9 +190,9 @@ cdef inline void add_ref(node_t c) noexcept:
 
 
 cdef inline uint16_t descends_to(node_t i, node_t c) noexcept:
-    # DESCENDS if c's own graph descends (the edge i -> c goes down: see the free slots)
-    invariant(c < i, b"a node lies above its children")
-    return tape.flags[c] & DESCENDS
+    # DESCENDS if the edge i -> c goes down (all do but in a full arena: see push_above)
+    # and c's own graph descends
+    return tape.flags[c] & DESCENDS if c < i else 0
 
 
 cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexcept:
@@ -203,12 +204,16 @@ cdef inline node_t push(uint8_t op, real_t value, node_t lhs, node_t rhs) noexce
 cdef inline node_t push_above(uint8_t op, real_t value, node_t lhs, node_t rhs,
                               node_t highest) noexcept:
     """push, for a node whose highest child is `highest` (-1 for none): it takes the lowest
-    free slot above that child, or slot size. (The makers of child-list nodes say which
+    free slot above that child, or slot size. reserve() counts every free slot as room,
+    so when the arena is full it takes the lowest free slot below the child instead (the
+    graph over it then does not descend). (The makers of child-list nodes say which
     child is highest: see highest_child.)"""
     cdef node_t i = -1
     cdef uint16_t descends = DESCENDS
     if tape.live < tape.size:
         i = take_lowest_free() if highest < 0 else take_free_above(highest)
+        if i < 0 and tape.size == tape.capacity:
+            i = take_lowest_free()
     if i < 0:
         i = tape.size
         tape.size += 1
@@ -301,9 +306,10 @@ cdef void release(node_t i) noexcept:
 # Free slots. A new node takes the lowest free slot above its highest child (a leaf the
 # lowest free slot), so a graph built after others died lands in the lowest slots, in the
 # order it is made: consecutive nodes sit side by side (cache lines, prefetching), and
-# every edge goes down, which keeps the one-pass backward (DESCENDS) even when slots
-# freed mid-graph lie below a node's children (microgpt's script drops each position's
-# unused probabilities just before it takes the log of the target's).
+# its edges go down, which keeps the one-pass backward (DESCENDS) even when slots freed
+# mid-graph lie below a node's children (microgpt's script drops each position's unused
+# probabilities just before it takes the log of the target's). Only in a full arena,
+# with every free slot below the children, does a node take one below them.
 # Taking the lowest is O(1) amortized with two levels of bitmaps: free_words says which
 # words of free_bits are not empty, and free_hint skips the empty words below; a free
 # moves the hint down, a take only up, so each word is passed over once per emptying.

@@ -54,8 +54,7 @@ cdef node_t push_local(node_t* block, real_t value) noexcept:
         refs[c] += 1
         if (flags[c] & (HAS_FN | PINNED)) == HAS_FN:
             pin(c)
-        invariant(c < i, b"a node lies above its children")
-        descends &= flags[c]
+        descends &= flags[c] if c < i else 0
     flags[i] &= descends | ~DESCENDS
     return i
 
