@@ -306,7 +306,9 @@ def fresh_slots(C):
 
 
 @compiled
-def test_slot_order_decides_the_sweep_not_the_result(C):
+def test_the_sweep_does_not_decide_the_result(C):
+    # the one pass down the slots and Kahn's algorithm give micrograd's grads, first and
+    # again from the cached order
     from micrograd.engine import Value as M
 
     def expr(V, a, b):
