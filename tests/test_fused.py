@@ -89,6 +89,22 @@ def test_linear_equals_the_sum_of_products(V, seed):
     same_values_and_grads(lambda: F.linear(xs, w), lambda: linear(xs, w), sum(w, []), V)
 
 
+def test_the_helpers_take_any_sequence_shape(V):
+    # the helpers find their engine from the first Value in a fast path that indexes w and
+    # x; rows that are tuples or iterators, w a generator or empty, and x a tuple, take
+    # the other path, with the same results
+    x = [V(0.5), V(-1.5), V(2.0)]
+    w = [[V(0.25), V(1.0), V(-0.5)], [V(2.0), V(0.0), V(1.5)]]
+    expect = [v.data for v in linear(x, w)]
+    for rows in (w, [tuple(r) for r in w], (r for r in w), [iter(r) for r in w],
+                 tuple(tuple(r) for r in w)):
+        assert [v.data for v in F.linear(tuple(x), rows)] == expect
+    assert F.linear(x, []) == [] and F.linear(x, iter([])) == []
+    assert [v.data for v in F.softmax(tuple(x))] == [v.data for v in F.softmax(x)]
+    assert [v.data for v in F.rmsnorm(tuple(x))] == [v.data for v in F.rmsnorm(x)]
+    assert F.cross_entropy(tuple(x), 1).data == F.cross_entropy(x, 1).data
+
+
 def test_linear_keeps_the_sign_of_zero_as_sum_does(V):
     w = [[V(-0.0)], [V(-1.0)]]
     out = F.linear([V(1.0)], w)

@@ -328,6 +328,14 @@ cdef inline void mark_free(node_t i) noexcept nogil:
     tape.free_bits[j] |= (<uint64_t>1) << (i & 63)
 
 
+cdef inline void unmark_free(node_t i) noexcept nogil:
+    # takes free slot i off the bitmaps (free_hint and free_top stay bounds)
+    cdef Py_ssize_t j = i >> 6
+    tape.free_bits[j] &= ~((<uint64_t>1) << (i & 63))
+    if tape.free_bits[j] == 0:
+        tape.free_words[j >> 6] &= ~((<uint64_t>1) << (j & 63))
+
+
 cdef inline node_t take_lowest_free() noexcept nogil:
     """The lowest free slot, taken off the bitmaps (some slot below size is free)."""
     cdef Py_ssize_t w = tape.free_hint, j
@@ -337,9 +345,7 @@ cdef inline node_t take_lowest_free() noexcept nogil:
     tape.free_hint = w
     j = (w << 6) + lowest_bit(tape.free_words[w])
     i = <node_t>((j << 6) + lowest_bit(tape.free_bits[j]))
-    tape.free_bits[j] &= tape.free_bits[j] - 1          # (clears the lowest set bit)
-    if tape.free_bits[j] == 0:
-        tape.free_words[w] &= ~((<uint64_t>1) << (j & 63))
+    unmark_free(i)
     invariant(tape.flags[i] & FREE and i < tape.size, b"the lowest free slot is free")
     return i
 
@@ -367,9 +373,7 @@ cdef inline node_t take_free_above(node_t b) noexcept nogil:
         j = (w << 6) + lowest_bit(words)
         bits = tape.free_bits[j]
     i = <node_t>((j << 6) + lowest_bit(bits))
-    tape.free_bits[j] &= ~((<uint64_t>1) << (i & 63))
-    if tape.free_bits[j] == 0:
-        tape.free_words[j >> 6] &= ~((<uint64_t>1) << (j & 63))
+    unmark_free(i)
     invariant(tape.flags[i] & FREE and b < i < tape.size, b"a free slot above the child is free")
     return i
 
