@@ -1,6 +1,7 @@
 """The compiled arena's internals: growth, freeing, slot reuse, handles, the descending
 pass and Kahn's, failure paths, cached orders, threads sharing one arena. (What holds on
 either engine is in test_lifecycle.py.)"""
+import bisect
 import contextlib
 import gc
 import random
@@ -362,6 +363,43 @@ def test_a_node_lands_above_its_children_when_free_slots_lie_below_them(C):
     assert core._test_slot(leaf) < core._test_slot(a)
     core._test_free_slots()                     # (checks the bitmaps against the flags)
     del hold
+
+
+@compiled
+@pytest.mark.parametrize("seed", range(2))
+def test_the_free_slot_search_agrees_with_a_list_of_the_free_slots(C, seed):
+    # The lowest free slot above a child, found through every level of the free-slot
+    # tree: 300k slots (64**3 is 262,144) with a few scattered free ones, holes below the
+    # children among them; each new node checked against a plain sorted list of the free
+    # slots, and the whole tree against the FREE flags at the end.
+    rnd = random.Random(seed)
+    held = fresh_slots(C)                   # (the free slots other tests left are taken)
+    hold = [C(float(k)) for k in range(300_000)]
+    slots = [core._test_slot(v) for v in hold]
+    for k in rnd.sample(range(len(hold)), 60) + [0, 1, 64, 4095, 4096, 262_143, 262_144]:
+        hold[k] = None
+    free = core._test_free_slots()
+    top = max(slots)
+    made = []
+    for step in range(400):
+        if step % 5 == 0:                   # a leaf: the lowest free slot
+            made.append(C(0.5))
+            expected = free[0] if free else None
+        else:                               # over a child: the lowest free slot above it
+            k = rnd.randrange(len(hold))
+            while hold[k] is None:
+                k = rnd.randrange(len(hold))
+            made.append(hold[k].relu())
+            above = bisect.bisect_right(free, slots[k])
+            expected = free[above] if above < len(free) else None
+        got = core._test_slot(made[len(made) - 1])
+        if expected is None:
+            assert got > top                # a fresh slot
+        else:
+            assert got == expected
+            free.remove(got)
+    assert core._test_free_slots() == free
+    del hold, made, held
 
 
 @compiled

@@ -33,11 +33,15 @@ cdef enum:
     PINNED = 8      # the tape holds a strong reference to the handle (HAS_FN and a parent)
     POW_INT = 16    # POW: the exponent was an int, shown without a decimal point
     POW_BOOL = 32   # POW: the exponent was a bool, shown as True/False
-    FREE = 64       # the slot is free (its bit in free_bits is set)
+    FREE = 64       # the slot is free (its bit in free_map[0] is set)
     HAS_ORDER = 128 # _orders holds the order a backward() from this node computed
     DESCENDS = 256  # every edge under this node goes to a lower slot, and no CUSTOM node
                     # is under it: decreasing slot order is a topological order of its graph
     HAS_REPLAY = 512  # _replays holds the replay recompute() built for this node
+
+cdef enum:
+    FREE_LEVELS = 6         # levels of the free-slot tree: 64**6 slots > the 2**31 - 1 a
+                            # tape can hold, so the top level is one word
 
 cdef enum:
     NO_NODE = -1            # "no child": a valid index into grad, parents_left, reached
@@ -57,7 +61,7 @@ ctypedef union param_t:
 #     refs[i] = (number of child references to i from live parents, counted once per
 #     edge, so `a + a` counts 2) + (1 if handle[i] is not NULL);
 #   - a live slot's index never moves; a free slot below size has the FREE flag and its
-#     bit set in free_bits (and its word's bit in free_words); a new node takes the lowest
+#     bit set in free_map; a new node takes the lowest
 #     free slot above its highest child (a leaf: the lowest free slot), or slot size when
 #     there is none (free slots: size - live), or when the arena is full the lowest free
 #     slot; so every edge goes to a lower slot unless it was made in a full arena;
@@ -94,9 +98,11 @@ cdef struct Tape:
     PyObject** handle   # handle[i]: borrowed pointer to the live Value handle, or NULL
     node_t size         # slots [0, size) have been handed out at least once
     node_t capacity     # length of every array
-    uint64_t* free_bits # bit i % 64 of free_bits[i / 64]: slot i (< size) is free
-    uint64_t* free_words  # bit j % 64 of free_words[j / 64]: free_bits[j] is not 0
-    Py_ssize_t free_hint  # no bit of free_words is set in a word below this one
+    uint64_t* free_map[FREE_LEVELS]   # the free slots as a tree of bitmaps: bit i % 64
+                        # of free_map[0][i / 64] is set iff slot i (< size) is free, and
+                        # bit j % 64 of free_map[k][j / 64] iff free_map[k - 1][j] is not 0
+    Py_ssize_t free_map_words[FREE_LEVELS]  # the length of each level (at least 1 word)
+    int free_levels     # the levels searched: up to the lowest that is one word
     node_t free_top     # no slot above this one is free
     node_t live         # number of live slots
     node_t overridden   # live nodes of a built-in op whose _backward was assigned: while

@@ -63,7 +63,8 @@ cdef int realloc_with_front(void** p, size_t nelems, size_t elsize) except -1:
 cdef int grow(node_t needed) except -1:
     """Grows every tape array to hold at least `needed` slots (doubling)."""
     cdef size_t cap = tape.capacity if tape.capacity > 0 else 1024
-    cdef size_t old = tape.capacity
+    cdef size_t old = tape.capacity, words, old_words
+    cdef int k
     while cap < <size_t>needed:
         cap *= 2
     if cap > INT32_MAX:
@@ -91,13 +92,18 @@ cdef int grow(node_t needed) except -1:
     safe_realloc(<void**>&tape.op, cap, sizeof(uint8_t))
     safe_realloc(<void**>&tape.flags, cap, sizeof(uint16_t))
     safe_realloc(<void**>&tape.handle, cap, sizeof(PyObject*))
-    # the free-slot bitmaps: a bit per slot, and a bit per word of those (new slots are
-    # not free: they are above size)
-    safe_realloc(<void**>&tape.free_bits, bit_words(cap), sizeof(uint64_t))
-    memset(&tape.free_bits[bit_words(old)], 0, (bit_words(cap) - bit_words(old)) * sizeof(uint64_t))
-    safe_realloc(<void**>&tape.free_words, bit_words(bit_words(cap)), sizeof(uint64_t))
-    memset(&tape.free_words[bit_words(bit_words(old))], 0,
-           (bit_words(bit_words(cap)) - bit_words(bit_words(old))) * sizeof(uint64_t))
+    # the free-slot tree: each level as long as its slots need (new slots are not free:
+    # they are above size, so the words added are 0 on every level)
+    words, old_words = cap, old
+    for k in range(FREE_LEVELS):
+        words = max(bit_words(words), 1)
+        old_words = bit_words(old_words)
+        safe_realloc(<void**>&tape.free_map[k], words, sizeof(uint64_t))
+        memset(&tape.free_map[k][old_words], 0, (words - old_words) * sizeof(uint64_t))
+        tape.free_map_words[k] = words
+    tape.free_levels = 1                # (the levels above the first one-word one repeat its bit)
+    while tape.free_map_words[tape.free_levels - 1] > 1:
+        tape.free_levels += 1
     tape.capacity = <node_t>cap
     return 0
 
@@ -310,69 +316,97 @@ cdef void release(node_t i) noexcept:
 # mid-graph lie below a node's children (microgpt's script drops each position's unused
 # probabilities just before it takes the log of the target's). Only in a full arena,
 # with every free slot below the children, does a node take one below them.
-# Taking the lowest is O(1) amortized with two levels of bitmaps: free_words says which
-# words of free_bits are not empty, and free_hint skips the empty words below; a free
-# moves the hint down, a take only up, so each word is passed over once per emptying.
-# Above a child, the search starts at the child's word and stops at free_top's (no slot
-# above free_top is free), which a search that finds nothing lowers to the child: so the
-# common cases, a free slot next to the child or none above it, cost a word or two.
+# The free slots are a tree of bitmaps (free_map), 64 ways at each level: the lowest free
+# slot at or above any slot is found by going up from that slot's word until a word has
+# a bit at or above the position, then down through the lowest bits, at most
+# FREE_LEVELS words each way, wherever the free slots are; the usual case (a free slot in
+# the same word) reads one word, and free_top (no slot above it is free: a free raises
+# it, a search that finds nothing lowers it) answers the other usual one, a node over
+# the newest nodes with no free slot above them. Freeing or taking a slot changes a
+# level only where the one below it turns empty or non-empty.
 
 cdef inline void mark_free(node_t i) noexcept nogil:
-    cdef Py_ssize_t j = i >> 6
+    cdef Py_ssize_t q = i, w
+    cdef uint64_t before
+    cdef int k
     if i > tape.free_top:
         tape.free_top = i
-    if tape.free_bits[j] == 0:
-        tape.free_words[j >> 6] |= (<uint64_t>1) << (j & 63)
-        if (j >> 6) < tape.free_hint:
-            tape.free_hint = j >> 6
-    tape.free_bits[j] |= (<uint64_t>1) << (i & 63)
+    for k in range(FREE_LEVELS):
+        w = q >> 6
+        before = tape.free_map[k][w]
+        tape.free_map[k][w] = before | ((<uint64_t>1) << (q & 63))
+        if before != 0:
+            break                       # (the levels above already show this word)
+        q = w
 
 
 cdef inline void unmark_free(node_t i) noexcept nogil:
-    # takes free slot i off the bitmaps (free_hint and free_top stay bounds)
-    cdef Py_ssize_t j = i >> 6
-    tape.free_bits[j] &= ~((<uint64_t>1) << (i & 63))
-    if tape.free_bits[j] == 0:
-        tape.free_words[j >> 6] &= ~((<uint64_t>1) << (j & 63))
+    # takes free slot i off the tree
+    cdef Py_ssize_t q = i, w
+    cdef int k
+    for k in range(FREE_LEVELS):
+        w = q >> 6
+        tape.free_map[k][w] &= ~((<uint64_t>1) << (q & 63))
+        if tape.free_map[k][w] != 0:
+            break
+        q = w
+
+
+cdef inline node_t free_slot_from(Py_ssize_t p) noexcept nogil:
+    """The lowest free slot at or above slot p (>= 0), or -1 if there is none. The first
+    two levels (a free slot within 4096 of p) are looked at here, the rest by
+    free_slot_climb."""
+    cdef uint64_t bits
+    cdef Py_ssize_t q
+    if p > tape.free_top:
+        return -1
+    invariant(tape.free_top < tape.size, b"free_top is below size")   # (so p's word exists)
+    bits = tape.free_map[0][p >> 6] & ((~(<uint64_t>0)) << (p & 63))
+    if bits != 0:
+        return <node_t>((p & ~(<Py_ssize_t>63)) + lowest_bit(bits))
+    q = (p >> 6) + 1                    # (level 1 exists: level 0 is 16 words or more)
+    if (q >> 6) < tape.free_map_words[1]:
+        bits = tape.free_map[1][q >> 6] & ((~(<uint64_t>0)) << (q & 63))
+        if bits != 0:
+            q = (q & ~(<Py_ssize_t>63)) + lowest_bit(bits)
+            return <node_t>((q << 6) + lowest_bit(tape.free_map[0][q]))
+    return free_slot_climb(2, (q >> 6) + 1)
+
+
+cdef node_t free_slot_climb(int k, Py_ssize_t q) noexcept nogil:
+    # the lowest free slot under bit q of level k or a later bit: up the levels until a
+    # word has a bit at or after the position, then down through the lowest bits
+    cdef uint64_t bits = 0
+    while True:
+        if k == tape.free_levels or (q >> 6) >= tape.free_map_words[k]:
+            return -1                   # (the top level is one word: nothing is after it)
+        bits = tape.free_map[k][q >> 6] & ((~(<uint64_t>0)) << (q & 63))
+        if bits != 0:
+            break
+        k += 1
+        q = (q >> 6) + 1                # the next word of the level below: its bit here
+    q = (q & ~(<Py_ssize_t>63)) + lowest_bit(bits)
+    while k > 0:
+        k -= 1
+        q = (q << 6) + lowest_bit(tape.free_map[k][q])
+    return <node_t>q
 
 
 cdef inline node_t take_lowest_free() noexcept nogil:
-    """The lowest free slot, taken off the bitmaps (some slot below size is free)."""
-    cdef Py_ssize_t w = tape.free_hint, j
-    cdef node_t i
-    while tape.free_words[w] == 0:
-        w += 1
-    tape.free_hint = w
-    j = (w << 6) + lowest_bit(tape.free_words[w])
-    i = <node_t>((j << 6) + lowest_bit(tape.free_bits[j]))
+    """The lowest free slot, taken off the tree (some slot below size is free)."""
+    cdef node_t i = free_slot_from(0)
     unmark_free(i)
-    invariant(tape.flags[i] & FREE and i < tape.size, b"the lowest free slot is free")
+    invariant(i >= 0 and tape.flags[i] & FREE and i < tape.size, b"the lowest free slot is free")
     return i
 
 
 cdef inline node_t take_free_above(node_t b) noexcept nogil:
-    """The lowest free slot above slot b (>= 0), taken off the bitmaps, or -1 if none is."""
-    cdef Py_ssize_t j, w, last
-    cdef uint64_t bits, words
-    cdef node_t i
-    if b >= tape.free_top:
+    """The lowest free slot above slot b (>= 0), taken off the tree, or -1 if none is."""
+    cdef node_t i = free_slot_from(b + 1)
+    if i < 0:
+        if b < tape.free_top:
+            tape.free_top = b           # (nothing above b is free)
         return -1
-    j = (b + 1) >> 6
-    bits = tape.free_bits[j] & ((~(<uint64_t>0)) << ((b + 1) & 63))
-    if bits == 0:
-        # the next non-empty word of free_bits above j: its bit in free_words
-        w = j >> 6
-        last = tape.free_top >> 12
-        words = tape.free_words[w] & ~(((<uint64_t>2) << (j & 63)) - 1)
-        while words == 0:
-            w += 1
-            if w > last:
-                tape.free_top = b           # (nothing above b is free)
-                return -1
-            words = tape.free_words[w]
-        j = (w << 6) + lowest_bit(words)
-        bits = tape.free_bits[j]
-    i = <node_t>((j << 6) + lowest_bit(bits))
     unmark_free(i)
     invariant(tape.flags[i] & FREE and b < i < tape.size, b"a free slot above the child is free")
     return i

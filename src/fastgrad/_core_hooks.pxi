@@ -11,23 +11,30 @@ def _tape_stats():
 
 
 def _test_free_slots():
-    """The free slots by the bitmaps, lowest first, checked against the FREE flags, the
-    word bitmap, the hint and free_top; reserve() relies on their number being size - live."""
+    """The free slots by the tree, lowest first, checked against the FREE flags and
+    level by level (a bit set iff the word below it is not 0, none past the words below)
+    and against free_top;
+    reserve() relies on their number being size - live."""
     cdef node_t i
-    cdef Py_ssize_t j
+    cdef Py_ssize_t j, below
+    cdef int k
     out = []
     for i in range(tape.size):
-        j = i >> 6
-        bit = (tape.free_bits[j] >> (i & 63)) & 1
+        bit = (tape.free_map[0][i >> 6] >> (i & 63)) & 1
         if bit != (tape.flags[i] & FREE != 0):
             raise AssertionError(f"slot {i}: free bit {bit}, FREE flag {tape.flags[i] & FREE}")
         if bit:
             out.append(i)
-    for j in range(bit_words(tape.size)):
-        if ((tape.free_words[j >> 6] >> (j & 63)) & 1) != (tape.free_bits[j] != 0):
-            raise AssertionError(f"word {j} of free_bits and its bit in free_words disagree")
-        if tape.free_bits[j] != 0 and (j >> 6) < tape.free_hint:
-            raise AssertionError(f"word {j} has free slots below the hint")
+    for j in range(bit_words(tape.size), tape.free_map_words[0]):
+        if tape.free_map[0][j] != 0:
+            raise AssertionError(f"word {j} of the free slots, above size, is not 0")
+    for k in range(1, FREE_LEVELS):
+        below = tape.free_map_words[k - 1]
+        for j in range(64 * tape.free_map_words[k]):
+            bit = (tape.free_map[k][j >> 6] >> (j & 63)) & 1
+            if bit != (j < below and tape.free_map[k - 1][j] != 0):
+                raise AssertionError(f"level {k}, bit {j}: {bit}, but the word below "
+                                     f"{'is past the level' if j >= below else 'says otherwise'}")
     if out and out[len(out) - 1] > tape.free_top:
         raise AssertionError(f"slot {out[len(out) - 1]} is free, above free_top {tape.free_top}")
     return out

@@ -96,19 +96,20 @@ cdef inline object reuse_spare(PyTypeObject* kind):
 
 
 cdef inline Value new_handle():
-    cdef Value h
     if _spares > 0:
         return <Value>reuse_spare(<PyTypeObject*>Value)
-    h = Value.__new__(Value)
-    PyObject_GC_UnTrack(h)
-    return h
+    return <Value>fresh_handle(Value)
 
 
 cdef inline GptValue new_gpt_handle():
-    cdef GptValue h
     if _spares > 0:
         return <GptValue>reuse_spare(<PyTypeObject*>GptValue)
-    h = GptValue.__new__(GptValue)
+    return <GptValue>fresh_handle(GptValue)
+
+
+cdef object fresh_handle(type kind):
+    # (kept out of the inlined makers above: the spares are the usual case)
+    h = kind.__new__(kind)
     PyObject_GC_UnTrack(h)
     return h
 
