@@ -11,10 +11,9 @@ def _tape_stats():
 
 
 def _test_free_slots():
-    """The free slots by the tree, lowest first, checked against the FREE flags and
-    level by level (a bit set iff the word below it is not 0, none past the words below)
-    and against free_top;
-    reserve() relies on their number being size - live."""
+    """The free slots by the tree, lowest first, checked against the FREE flags, level by
+    level (a bit set iff the word below it is not 0, none past the words below) and
+    against free_top; reserve() relies on their number being size - live."""
     cdef node_t i
     cdef Py_ssize_t j, below
     cdef int k
