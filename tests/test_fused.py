@@ -216,6 +216,7 @@ def arena_live(V):
     (lambda V, x, w: F.linear([], [[]]), ValueError),                  # empty x
     (lambda V, x, w: F.linear(x, [[1.0, 2.0, 3.0]]), TypeError),       # weights not Values
     (lambda V, x, w: F.linear(["a", x[1], x[2]], w), TypeError),
+    (lambda V, x, w: F.linear(x, [w[0], [w[1][0], "b", w[1][2]]]), TypeError),   # in row 2
     (lambda V, x, w: F.rmsnorm([]), ValueError),
     (lambda V, x, w: F.rmsnorm(x + [1.0]), TypeError),
     (lambda V, x, w: F.rmsnorm(x, eps="big"), TypeError),
@@ -224,7 +225,7 @@ def arena_live(V):
     (lambda V, x, w: F.softmax([x[0], 2.0]), TypeError),
     (lambda V, x, w: F.cross_entropy(x, 3), IndexError),
     (lambda V, x, w: F.cross_entropy(x, 1.0), TypeError),
-], ids=["ragged", "mismatch", "empty-x", "number-weights", "str-x", "rms-empty", "rms-number",
+], ids=["ragged", "mismatch", "empty-x", "number-weights", "str-x", "late-weight", "rms-empty", "rms-number",
         "rms-eps", "rms-zero", "softmax-empty", "softmax-number", "ce-range", "ce-float"])
 def test_bad_input_changes_nothing(V, call, error):
     x = [V(0.5), V(-1.0), V(2.0)]
@@ -236,6 +237,45 @@ def test_bad_input_changes_nothing(V, call, error):
     assert arena_live(V) == before
     y.backward()                        # the existing graph is intact
     assert x[0].grad == pytest.approx(0.1 * 0.5 + (0.1 * 0.5 + 0.2 * -1.0 + 0.3 * 2.0))
+
+
+@compiled
+def test_linear_over_nodes_with_a_python_backward():
+    # linear adds x's references once per call and reads its children's flags as it sums
+    # the rows: a child with a Python _backward (in x, and twice among the weights) is
+    # still held while the layer names it, its rule runs, and its cycle (the closure
+    # names its own node) is collected with the graph
+    import weakref
+    from fastgrad import _core
+    C = _core.Value
+    a, b = C(0.5), C(-1.5)
+
+    def square(v):
+        out = C(v.data ** 2, (v,), 'sq')
+
+        def _backward():
+            v.grad += 2 * v.data * out.grad
+        out._backward = _backward
+        return out, weakref.ref(_backward)
+
+    sa, rule_a = square(a)
+    sb, rule_b = square(b)
+    x = [sa, C(2.0), 3.0]
+    w = [[C(1.0), sb, C(0.25)], [sb, C(-2.0), C(0.5)]]
+    out = F.linear(x, w)
+    del sa, sb
+    gc.collect()
+    assert rule_a() is not None and rule_b() is not None       # held by the layer
+    loss = out[0] + out[1] * 3.0
+    loss.backward()
+    # loss = a^2 + 2 b^2 + 0.75 + 3 (a^2 b^2 - 4 + 1.5)
+    assert loss.data == pytest.approx(0.25 + 2 * 2.25 + 0.75 + 3 * (0.25 * 2.25 - 2.5))
+    assert a.grad == pytest.approx(2 * 0.5 * (1 + 3 * 2.25))
+    assert b.grad == pytest.approx(2 * -1.5 * (2 + 3 * 0.25))
+    assert not _core._test_descends(loss)         # (a Python rule under it)
+    del out, loss, x, w
+    gc.collect()
+    assert rule_a() is None and rule_b() is None
 
 
 @compiled

@@ -88,6 +88,7 @@ cdef extern from "Python.h":
     PyTypeObject* Py_TYPE(object o)
     void* type_of "Py_TYPE"(PyObject* o)           # (of a borrowed reference)
     PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)   # a borrowed reference
+    PyObject** list_items "PySequence_Fast_ITEMS"(list l)   # a list's item array
     void incref "Py_INCREF"(PyObject* o)
     void decref "Py_DECREF"(PyObject* o)
     # (the handles' own allocation: see _core_operands.pxi)

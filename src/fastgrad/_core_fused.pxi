@@ -99,21 +99,109 @@ cdef real_t max_of(real_t* x, Py_ssize_t n) noexcept nogil:
     return m
 
 
+cdef struct Kin:
+    # what making a node needs to know of a set of its children: the highest slot (-1 for
+    # none), their flags ANDed (DESCENDS: every child's graph descends) and ORed
+    # (HAS_FN: one of them may need a pin)
+    node_t top
+    uint16_t every
+    uint16_t some
+
+
+cdef inline void kin_init(Kin* kin) noexcept nogil:
+    kin.top = -1
+    kin.every = DESCENDS
+    kin.some = 0
+
+
+cdef inline void kin_add(Kin* kin, node_t c) noexcept nogil:
+    cdef uint16_t f = tape.flags[c]
+    kin.every &= f
+    kin.some |= f
+    if c > kin.top:
+        kin.top = c
+
+
+cdef Py_ssize_t sum_row(PyObject** row, Py_ssize_t n, void* kind, const real_t* xval,
+                        real_t* total) noexcept:
+    """sum(w * x for w, x in zip(row, x)) into total[0], for a row of n weights that must
+    be live Values of kind; returns n, or the index of the first weight that is not (the
+    caller raises). (Out of line and free of calls, the loop keeps its pointers in
+    registers; inside _linear, whose error paths call out, gcc spilled them.)"""
+    cdef real_t* value = tape.value
+    cdef real_t acc = 0.0              # sum() starts at 0: 0 + w0*x0 is w0*x0 + 0.0
+    cdef Py_ssize_t k
+    cdef node_t s
+    for k in range(n):
+        if type_of(row[k]) != kind:
+            return k
+        s = (<_Handle>row[k]).slot
+        if s < 0:
+            return k
+        acc = acc + value[s] * xval[k]
+    total[0] = acc
+    return n
+
+
+cdef Py_ssize_t fill_row(PyObject** row, Py_ssize_t n, void* kind, const real_t* xval,
+                         const node_t* xslot, node_t* block, Kin* kin, real_t* total) noexcept:
+    """sum_row, and the row's node block (children w0, x0, w1, x1, ...; local derivatives
+    x0, w0, x1, w1, ...) and its weights' Kin."""
+    cdef real_t* value = tape.value
+    cdef uint16_t* flags = tape.flags
+    cdef real_t* d = local_grads_of(block)
+    cdef real_t acc = 0.0, wv
+    cdef Py_ssize_t k
+    cdef node_t s, top = -1
+    cdef uint16_t f, every = DESCENDS, some = 0
+    for k in range(n):
+        if type_of(row[k]) != kind:
+            return k
+        s = (<_Handle>row[k]).slot
+        if s < 0:
+            return k
+        wv = value[s]
+        acc = acc + wv * xval[k]
+        f = flags[s]
+        every &= f
+        some |= f
+        top = s if s > top else top
+        block[1 + 2 * k] = s
+        block[2 + 2 * k] = xslot[k]
+        d[2 * k] = mul_da(xval[k])      # d (w * x) / d w
+        d[2 * k + 1] = mul_db(wv)       # d (w * x) / d x
+    total[0] = acc
+    kin.top, kin.every, kin.some = top, every, some
+    return n
+
+
+cdef int bad_weight(object item, object kind, object first) except -1:
+    # raises the error for a weight of linear that is not a live Value of kind
+    check_handles([item], kind, <_Handle>first, "linear's weights")
+    check_slot(<_Handle>item)
+    raise AssertionError("bad_weight: the weight is fine")
+
+
 def _linear(x, w):
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w], one LOCAL node per row
     (children w0, x0, w1, x1, ...; local derivatives x0, w0, x1, w1, ...). A number in x
-    becomes a leaf, shared by the rows."""
+    becomes a leaf, shared by the rows.
+
+    Every row has the same x, so x's share of the bookkeeping is done once per call: its
+    references are added m at a time and its flags are read once; each row's weights are
+    summarised (Kin) while the row is summed, and push_local's per-child loop is left
+    with the weights' reference counts."""
     cdef list xs = x if type(x) is list else list(x)
     cdef list rows = [row_ if type(row_) is list else list(row_) for row_ in w]
     cdef Py_ssize_t n = len(xs), m = len(rows), r, k, numbers = 0
     cdef bint grad = recording()
     cdef real_t* xval = NULL            # x's values, then each row's sum
     cdef node_t* xslot = NULL           # x's slots (-1 for a number until its leaf is made)
+    cdef Kin* kins = NULL               # each row's weights, then x
     cdef node_t* block = NULL
-    cdef real_t* d = NULL
-    cdef real_t acc, wv
-    cdef node_t s
-    cdef PyObject* item
+    cdef node_t i, c
+    cdef int32_t* refs
+    cdef Kin kin
     cdef list row, out
     cdef Blocks blocks
     blocks.items = NULL
@@ -147,51 +235,66 @@ def _linear(x, w):
                 raise TypeError(f"linear's x must be Values or numbers, not {type(v).__name__!r}")
         if grad:
             blocks_init(&blocks, m)
+            safe_realloc(<void**>&kins, m + 1, sizeof(Kin))
         # one pass per row: check each weight, sum the row, fill its node's block
         for r in range(m):
             row = <list>rows[r]
             if grad:
                 block = blocks_new(&blocks, <node_t>(2 * n))
-                d = local_grads_of(block)
-            acc = 0.0                   # sum() starts at 0: 0 + w0*x0 is w0*x0 + 0.0
-            for k in range(n):
-                item = PyList_GET_ITEM(row, k)      # (borrowed: row holds it)
-                if type_of(item) != <void*>kind:
-                    check_handles([<object>item], kind, <_Handle>first, "linear's weights")
-                s = (<_Handle>item).slot
-                if s < 0:
-                    check_slot(<_Handle>item)       # (raises)
-                wv = tape.value[s]
-                acc = acc + wv * xval[k]
-                if grad:
-                    block[1 + 2 * k] = s
-                    block[2 + 2 * k] = xslot[k]
-                    d[2 * k] = mul_da(xval[k])      # d (w * x) / d w
-                    d[2 * k + 1] = mul_db(wv)       # d (w * x) / d x
-            xval[n + r] = acc
+                k = fill_row(list_items(row), n, <void*>kind, xval, xslot, block,
+                             &kins[r], &xval[n + r])
+            else:
+                k = sum_row(list_items(row), n, <void*>kind, xval, &xval[n + r])
+            if k < n:
+                bad_weight(row[k], kind, first)
         out = new_handles(kind, m)
         reserve(<node_t>(m + numbers))
     except BaseException:
         blocks_free(&blocks, False)
         PyMem_Free(xval)
         PyMem_Free(xslot)
+        PyMem_Free(kins)
         raise
     # nothing fails from here on
-    if grad and numbers:
-        for k in range(n):
-            if xslot[k] < 0:
-                xslot[k] = push(LEAF, xval[k], -1, -1)
+    if not grad:
         for r in range(m):
-            for k in range(n):
-                blocks.items[r][2 + 2 * k] = xslot[k]
-    for r in range(m):
-        if grad:
-            attach(<_Handle>out[r], push_local(blocks.items[r], xval[n + r]))
-        else:
             attach(<_Handle>out[r], push(LEAF, xval[n + r], -1, -1))
+        PyMem_Free(xval)
+        PyMem_Free(xslot)
+        return out
+    kin_init(&kins[m])
+    for k in range(n):
+        if xslot[k] < 0:
+            xslot[k] = push(LEAF, xval[k], -1, -1)
+        kin_add(&kins[m], xslot[k])
+        tape.refs[xslot[k]] += <int32_t>m   # one reference per row
+        if (tape.flags[xslot[k]] & (HAS_FN | PINNED)) == HAS_FN:
+            pin(xslot[k])
+    for r in range(m):
+        block = blocks.items[r]
+        if numbers:
+            for k in range(n):
+                block[2 + 2 * k] = xslot[k]
+        kin = kins[r]
+        i = push_above(LOCAL, xval[n + r], -1, -1, kin.top if kin.top > kins[m].top else kins[m].top)
+        tape.param[i].kids = block
+        refs = tape.refs
+        for k in range(n):
+            refs[block[1 + 2 * k]] += 1
+        if kin.some & HAS_FN:
+            for k in range(n):
+                c = block[1 + 2 * k]
+                if (tape.flags[c] & (HAS_FN | PINNED)) == HAS_FN:
+                    pin(c)
+        # the edges go down if the node is above all its children (push_above takes a
+        # slot below one only in a full arena) and every child's graph descends
+        if i < kin.top or i < kins[m].top or not (kin.every & kins[m].every & DESCENDS):
+            tape.flags[i] &= ~DESCENDS
+        attach(<_Handle>out[r], i)
     blocks_free(&blocks, True)
     PyMem_Free(xval)
     PyMem_Free(xslot)
+    PyMem_Free(kins)
     return out
 
 
