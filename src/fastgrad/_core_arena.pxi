@@ -265,6 +265,7 @@ cdef void release(node_t i) noexcept:
     chained through refs[] (unused once a node is dead), -1 ending the chain."""
     cdef node_t pending, j, c, n, k
     cdef node_t* kids
+    cdef int32_t* refs
     if not drop_ref(i):
         return
     tape.refs[i] = -1
@@ -276,11 +277,16 @@ cdef void release(node_t i) noexcept:
             kids = tape.param[j].kids
             tape.param[j].kids = NULL
             n = kids[0] if kids != NULL else 0
+            refs = tape.refs
             for k in range(1, n + 1):
                 c = kids[k]
+                if refs[c] > 2:
+                    refs[c] -= 1            # (c neither dies nor is left to its handle)
+                    continue
                 if drop_ref(c):
                     tape.refs[c] = pending
                     pending = c
+                refs = tape.refs            # (drop_ref may have run Python code)
             PyMem_Free(kids)
         else:
             c = tape.lhs[j]

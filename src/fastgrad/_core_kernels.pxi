@@ -221,12 +221,25 @@ cdef inline void powv_rule(node_t i) noexcept nogil:
 # Value(data, children, local_grads), and the fused helpers of fastgrad.functional); its
 # maker computed its value, and nothing re-evaluates it. kids = [n, c1 .. cn], then d1 .. dn
 cdef inline void local_rule(node_t i) noexcept nogil:
+    local_rule_marking(i, NULL)
+
+
+cdef inline node_t local_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
+    """The rule, grad[c_k] += d_k * grad[i]; with reached (the descending pass), it marks
+    the children reached in the same loop and returns how many were not before (as
+    mark_children does)."""
     cdef node_t* kids = tape.param[i].kids
     cdef real_t* d = local_grads_of(kids)
-    cdef real_t g = tape.grad[i]
-    cdef node_t k
+    cdef real_t* grad = tape.grad      # (a local: a store through tape.grad would make
+    cdef real_t g = grad[i]            # the compiler reload it for every child)
+    cdef node_t k, c, new = 0
     for k in range(kids[0]):
-        tape.grad[kids[k + 1]] += d[k] * g
+        c = kids[k + 1]
+        grad[c] += d[k] * g
+        if reached != NULL:
+            new += reached[c] == 0
+            reached[c] = 1
+    return new
 
 
 # LEAF and CUSTOM have no built-in rule: a CUSTOM node's rule is its Python _backward,

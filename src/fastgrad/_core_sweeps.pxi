@@ -287,8 +287,13 @@ cdef int descending_backward(node_t root) except -1:
             if tape.reached[i]:
                 tape.reached[i] = 0
                 pending -= 1
-                apply_builtin_rule(i)
-                pending += mark_children(i)
+                if tape.op[i] == LOCAL:     # (the fused layers' nodes: one loop, not two)
+                    check_node(i)
+                    trace(b"rule", i)
+                    pending += local_rule_marking(i, tape.reached)
+                else:
+                    apply_builtin_rule(i)
+                    pending += mark_children(i)
                 if done.size < done.capacity:
                     done.items[done.size] = i
                     done.size += 1
