@@ -126,8 +126,7 @@ cdef Py_ssize_t sum_row(PyObject** row, Py_ssize_t n, void* kind, const real_t* 
                         real_t* total) noexcept:
     """sum(w * x for w, x in zip(row, x)) into total[0], for a row of n weights that must
     be live Values of kind; returns n, or the index of the first weight that is not (the
-    caller raises). (Out of line and free of calls, the loop keeps its pointers in
-    registers; inside _linear, whose error paths call out, gcc spilled them.)"""
+    caller raises)."""
     cdef real_t* value = tape.value
     cdef real_t acc = 0.0              # sum() starts at 0: 0 + w0*x0 is w0*x0 + 0.0
     cdef Py_ssize_t k
@@ -144,16 +143,14 @@ cdef Py_ssize_t sum_row(PyObject** row, Py_ssize_t n, void* kind, const real_t* 
 
 
 cdef Py_ssize_t fill_row(PyObject** row, Py_ssize_t n, void* kind, const real_t* xval,
-                         const node_t* xslot, node_t* block, Kin* kin, real_t* total) noexcept:
-    """sum_row, and the row's node block (children w0, x0, w1, x1, ...; local derivatives
-    x0, w0, x1, w1, ...) and its weights' Kin."""
+                         const node_t* xslot, node_t* block, real_t* total) noexcept:
+    """sum_row, and the row's node block: children w0, x0, w1, x1, ...; local derivatives
+    x0, w0, x1, w1, ..."""
     cdef real_t* value = tape.value
-    cdef uint16_t* flags = tape.flags
     cdef real_t* d = local_grads_of(block)
     cdef real_t acc = 0.0, wv
     cdef Py_ssize_t k
-    cdef node_t s, top = -1
-    cdef uint16_t f, every = DESCENDS, some = 0
+    cdef node_t s
     for k in range(n):
         if type_of(row[k]) != kind:
             return k
@@ -162,17 +159,32 @@ cdef Py_ssize_t fill_row(PyObject** row, Py_ssize_t n, void* kind, const real_t*
             return k
         wv = value[s]
         acc = acc + wv * xval[k]
-        f = flags[s]
-        every &= f
-        some |= f
-        top = s if s > top else top
         block[1 + 2 * k] = s
         block[2 + 2 * k] = xslot[k]
         d[2 * k] = mul_da(xval[k])      # d (w * x) / d w
         d[2 * k + 1] = mul_db(wv)       # d (w * x) / d x
     total[0] = acc
-    kin.top, kin.every, kin.some = top, every, some
     return n
+
+
+cdef Kin hold_weights(node_t* block, Py_ssize_t n) noexcept:
+    """Adds a reference to each weight of a row's block (its odd entries) and returns
+    their Kin."""
+    cdef int32_t* refs = tape.refs
+    cdef uint16_t* flags = tape.flags
+    cdef Py_ssize_t k
+    cdef node_t c
+    cdef uint16_t f
+    cdef Kin kin
+    kin_init(&kin)
+    for k in range(n):
+        c = block[1 + 2 * k]
+        refs[c] += 1
+        f = flags[c]
+        kin.every &= f
+        kin.some |= f
+        kin.top = c if c > kin.top else kin.top
+    return kin
 
 
 cdef int bad_weight(object item, object kind, object first) except -1:
@@ -188,20 +200,19 @@ def _linear(x, w):
     becomes a leaf, shared by the rows.
 
     Every row has the same x, so x's share of the bookkeeping is done once per call: its
-    references are added m at a time and its flags are read once; each row's weights are
-    summarised (Kin) while the row is summed, and push_local's per-child loop is left
-    with the weights' reference counts."""
+    references are added m at a time and its flags are read once; a row's weights are
+    held and summarised (Kin) in one loop (hold_weights) before its node is pushed. The
+    row loops are out of line and small: inside _linear, gcc spilled their pointers."""
     cdef list xs = x if type(x) is list else list(x)
     cdef list rows = [row_ if type(row_) is list else list(row_) for row_ in w]
     cdef Py_ssize_t n = len(xs), m = len(rows), r, k, numbers = 0
     cdef bint grad = recording()
     cdef real_t* xval = NULL            # x's values, then each row's sum
     cdef node_t* xslot = NULL           # x's slots (-1 for a number until its leaf is made)
-    cdef Kin* kins = NULL               # each row's weights, then x
     cdef node_t* block = NULL
     cdef node_t i, c
     cdef int32_t* refs
-    cdef Kin kin
+    cdef Kin kin, xkin                  # a row's weights; x
     cdef list row, out
     cdef Blocks blocks
     blocks.items = NULL
@@ -235,14 +246,12 @@ def _linear(x, w):
                 raise TypeError(f"linear's x must be Values or numbers, not {type(v).__name__!r}")
         if grad:
             blocks_init(&blocks, m)
-            safe_realloc(<void**>&kins, m + 1, sizeof(Kin))
         # one pass per row: check each weight, sum the row, fill its node's block
         for r in range(m):
             row = <list>rows[r]
             if grad:
                 block = blocks_new(&blocks, <node_t>(2 * n))
-                k = fill_row(list_items(row), n, <void*>kind, xval, xslot, block,
-                             &kins[r], &xval[n + r])
+                k = fill_row(list_items(row), n, <void*>kind, xval, xslot, block, &xval[n + r])
             else:
                 k = sum_row(list_items(row), n, <void*>kind, xval, &xval[n + r])
             if k < n:
@@ -253,7 +262,6 @@ def _linear(x, w):
         blocks_free(&blocks, False)
         PyMem_Free(xval)
         PyMem_Free(xslot)
-        PyMem_Free(kins)
         raise
     # nothing fails from here on
     if not grad:
@@ -262,11 +270,11 @@ def _linear(x, w):
         PyMem_Free(xval)
         PyMem_Free(xslot)
         return out
-    kin_init(&kins[m])
+    kin_init(&xkin)
     for k in range(n):
         if xslot[k] < 0:
             xslot[k] = push(LEAF, xval[k], -1, -1)
-        kin_add(&kins[m], xslot[k])
+        kin_add(&xkin, xslot[k])
         tape.refs[xslot[k]] += <int32_t>m   # one reference per row
         if (tape.flags[xslot[k]] & (HAS_FN | PINNED)) == HAS_FN:
             pin(xslot[k])
@@ -275,12 +283,9 @@ def _linear(x, w):
         if numbers:
             for k in range(n):
                 block[2 + 2 * k] = xslot[k]
-        kin = kins[r]
-        i = push_above(LOCAL, xval[n + r], -1, -1, kin.top if kin.top > kins[m].top else kins[m].top)
+        kin = hold_weights(block, n)
+        i = push_above(LOCAL, xval[n + r], -1, -1, kin.top if kin.top > xkin.top else xkin.top)
         tape.param[i].kids = block
-        refs = tape.refs
-        for k in range(n):
-            refs[block[1 + 2 * k]] += 1
         if kin.some & HAS_FN:
             for k in range(n):
                 c = block[1 + 2 * k]
@@ -288,13 +293,12 @@ def _linear(x, w):
                     pin(c)
         # the edges go down if the node is above all its children (push_above takes a
         # slot below one only in a full arena) and every child's graph descends
-        if i < kin.top or i < kins[m].top or not (kin.every & kins[m].every & DESCENDS):
+        if i < kin.top or i < xkin.top or not (kin.every & xkin.every & DESCENDS):
             tape.flags[i] &= ~DESCENDS
         attach(<_Handle>out[r], i)
     blocks_free(&blocks, True)
     PyMem_Free(xval)
     PyMem_Free(xslot)
-    PyMem_Free(kins)
     return out
 
 
