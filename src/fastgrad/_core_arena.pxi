@@ -260,6 +260,21 @@ cdef inline bint drop_ref(node_t c) noexcept:
     return False
 
 
+cdef void forget_side_tables(node_t j) noexcept:
+    # what release() drops of a dying node beside its slot: its entries in the side
+    # tables, and its count as an overridden op
+    if tape.flags[j] & HAS_LABEL:
+        _labels.pop(j, None)
+    if tape.flags[j] & HAS_OPSTR:
+        _opstrs.pop(j, None)
+    if tape.flags[j] & HAS_ORDER:
+        tape.cached -= len(_orders.pop(j)) // sizeof(node_t)
+    if tape.flags[j] & HAS_REPLAY:
+        tape.replayed -= (<_Replay>_replays.pop(j)).size
+    if tape.flags[j] & HAS_FN and tape.op[j] != CUSTOM:
+        tape.overridden -= 1
+
+
 cdef void release(node_t i) noexcept:
     """Drops one reference to i and frees what dies with it, iteratively: dead nodes are
     chained through refs[] (unused once a node is dead), -1 ending the chain."""
@@ -297,16 +312,8 @@ cdef void release(node_t i) noexcept:
             if c >= 0 and drop_ref(c):
                 tape.refs[c] = pending
                 pending = c
-        if tape.flags[j] & HAS_LABEL:
-            _labels.pop(j, None)
-        if tape.flags[j] & HAS_OPSTR:
-            _opstrs.pop(j, None)
-        if tape.flags[j] & HAS_ORDER:
-            tape.cached -= len(_orders.pop(j)) // sizeof(node_t)
-        if tape.flags[j] & HAS_REPLAY:
-            tape.replayed -= (<_Replay>_replays.pop(j)).size
-        if tape.flags[j] & HAS_FN and tape.op[j] != CUSTOM:
-            tape.overridden -= 1
+        if tape.flags[j] & (HAS_LABEL | HAS_OPSTR | HAS_ORDER | HAS_REPLAY | HAS_FN):
+            forget_side_tables(j)
         tape.refs[j] = 0
         tape.flags[j] = FREE
         tape.op[j] = LEAF
