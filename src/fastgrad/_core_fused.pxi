@@ -173,18 +173,29 @@ cdef Kin hold_weights(node_t* block, Py_ssize_t n) noexcept:
     cdef int32_t* refs = tape.refs
     cdef uint16_t* flags = tape.flags
     cdef Py_ssize_t k
-    cdef node_t c
-    cdef uint16_t f
+    cdef node_t c, top = -1
+    cdef uint16_t f, every = DESCENDS, some = 0
     cdef Kin kin
-    kin_init(&kin)
     for k in range(n):
         c = block[1 + 2 * k]
         refs[c] += 1
         f = flags[c]
-        kin.every &= f
-        kin.some |= f
-        kin.top = c if c > kin.top else kin.top
+        every &= f
+        some |= f
+        top = c if c > top else top
+    kin.top, kin.every, kin.some = top, every, some
     return kin
+
+
+# The row loops are called through pointers, which gcc cannot inline: inlined into
+# _linear, where many values are live across them, they kept their accumulators and
+# pointers on the stack (each weight's flags were ANDed into memory, a store-to-load
+# dependency from one weight to the next; perf put ~1/3 of _linear's time there).
+cdef Py_ssize_t (*fill_row_out_of_line)(PyObject**, Py_ssize_t, void*, const real_t*,
+                                        const node_t*, node_t*, real_t*) noexcept
+cdef Kin (*hold_weights_out_of_line)(node_t*, Py_ssize_t) noexcept
+fill_row_out_of_line = fill_row
+hold_weights_out_of_line = hold_weights
 
 
 cdef int bad_weight(object item, object kind, object first) except -1:
@@ -251,7 +262,7 @@ def _linear(x, w):
             row = <list>rows[r]
             if grad:
                 block = blocks_new(&blocks, <node_t>(2 * n))
-                k = fill_row(list_items(row), n, <void*>kind, xval, xslot, block, &xval[n + r])
+                k = fill_row_out_of_line(list_items(row), n, <void*>kind, xval, xslot, block, &xval[n + r])
             else:
                 k = sum_row(list_items(row), n, <void*>kind, xval, &xval[n + r])
             if k < n:
@@ -283,7 +294,7 @@ def _linear(x, w):
         if numbers:
             for k in range(n):
                 block[2 + 2 * k] = xslot[k]
-        kin = hold_weights(block, n)
+        kin = hold_weights_out_of_line(block, n)
         i = push_above(LOCAL, xval[n + r], -1, -1, kin.top if kin.top > xkin.top else xkin.top)
         tape.param[i].kids = block
         if kin.some & HAS_FN:
