@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import sys
+from operator import add, mul
 from typing import Any
 
 from fastgrad import functional as F
@@ -60,6 +61,7 @@ class GPT:
         self.layers = [tuple(self.weights[f'layer{layer}.{name}'] for name in (
             'attn_wq', 'attn_wk', 'attn_wv', 'attn_wo', 'mlp_fc1', 'mlp_fc2'))
             for layer in range(self.n_layer)]
+        self.relu = Value.relu
         self.lr = 0.01
         self.optimizer = optim.Adam(self.params, lr=self.lr, betas=(0.85, 0.99), eps=1e-8)
 
@@ -77,8 +79,10 @@ class GPT:
         """The logits of the next token after `token` at `pos`; cache (new_cache()) holds
         the keys and values of the earlier positions, and this one's are appended to it."""
         W, hd, linear, rmsnorm = self.weights, self.head_dim, F.linear, F.rmsnorm
-        root = hd ** 0.5
-        x = rmsnorm([t + p for t, p in zip(W['wte'][token], W['wpe'][pos])])
+        # (map with operator functions and the class's relu: the same operations as the
+        # list expressions, without a Python-level call per element)
+        inv_root = (hd ** 0.5) ** -1            # s / sqrt(hd) is s * sqrt(hd) ** -1 on a Value
+        x = rmsnorm(list(map(add, W['wte'][token], W['wpe'][pos])))
         for (wq, wk, wv, wo, fc1, fc2), (keys, values) in zip(self.layers, cache):
             skip = x
             x = rmsnorm(x)
@@ -90,13 +94,14 @@ class GPT:
             heads = []
             for h, lo in enumerate(range(0, self.n_embd, hd)):
                 # q . k_t / sqrt(head_dim) for every cached position, as microgpt scales it
-                attn = F.softmax([s / root for s in linear(q[lo:lo + hd], keys[h])])
+                logits = linear(q[lo:lo + hd], keys[h])
+                attn = F.softmax(list(map(mul, logits, [inv_root] * len(logits))))
                 # sum over t of attn[t] * v_t, one output per dimension of the head
                 heads += linear(attn, values[lo:lo + hd])
-            x = [a + b for a, b in zip(linear(heads, wo), skip)]
+            x = list(map(add, linear(heads, wo), skip))
             skip = x
-            x = [h.relu() for h in linear(rmsnorm(x), fc1)]
-            x = [a + b for a, b in zip(linear(x, fc2), skip)]
+            x = list(map(self.relu, linear(rmsnorm(x), fc1)))
+            x = list(map(add, linear(x, fc2), skip))
         return linear(x, W['lm_head'])
 
     def loss(self, doc: str) -> Any:
