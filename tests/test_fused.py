@@ -279,6 +279,37 @@ def test_linear_over_nodes_with_a_python_backward():
 
 
 @compiled
+def test_linear_rows_share_one_allocation_freed_with_the_last_row():
+    # the rows' blocks are one chunk: a row outlives its siblings with its block intact,
+    # and the chunk goes with the last row (tracemalloc sees the engine's PyMem blocks)
+    import tracemalloc
+    from fastgrad import _core
+    C = _core.Value
+    x = [C(0.01 * k) for k in range(200)]
+    w = [[C(0.001 * (j + k)) for j in range(200)] for k in range(50)]
+    del F.linear(x, w)[:]                 # (the arena grows to its size first)
+    gc.collect()
+    blocks = 50 * 2 * 200 * (4 + 8)       # each row's children and derivatives
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out = F.linear(x, w)
+        made = tracemalloc.get_traced_memory()[0] - base
+        keep = out[17]
+        del out
+        gc.collect()
+        keep.backward()
+        assert [v.grad for v in w[17]] == [xi.data for xi in x]
+        assert [xi.grad for xi in x] == [v.data for v in w[17]]
+        del keep
+        gc.collect()
+        left = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert made >= blocks and left < blocks / 20
+
+
+@compiled
 @pytest.mark.parametrize("layer", ["linear", "linear-numbers", "rmsnorm", "softmax",
                                    "cross_entropy", "gpt-value"])
 def test_failed_allocation_leaves_no_half_built_layer(layer):

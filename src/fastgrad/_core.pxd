@@ -38,6 +38,8 @@ cdef enum:
     DESCENDS = 256  # every edge under this node goes to a lower slot, and no CUSTOM node
                     # is under it: decreasing slot order is a topological order of its graph
     HAS_REPLAY = 512  # _replays holds the replay recompute() built for this node
+    IN_CHUNK = 1024 # LOCAL: the node's block lies in a chunk shared by the rows of one
+                    # linear call (see new_chunk)
 
 cdef enum:
     FREE_LEVELS = 6         # levels of the free-slot tree: 64**6 slots > the 2**31 - 1 a

@@ -173,12 +173,60 @@ cdef inline real_t* local_grads_of(node_t* kids) noexcept nogil:
     return <real_t*>(kids + local_grads_offset(kids[0]))
 
 
+cdef inline size_t local_block_bytes(node_t n) noexcept nogil:
+    return local_grads_offset(n) * sizeof(node_t) + n * sizeof(real_t)
+
+
 cdef node_t* new_local_block(node_t n) except NULL:
     """A LOCAL node's block for n >= 1 children, count set, slots and derivatives not."""
     cdef node_t* kids = NULL
-    safe_realloc(<void**>&kids, local_grads_offset(n) * sizeof(node_t) + n * sizeof(real_t), 1)
+    safe_realloc(<void**>&kids, local_block_bytes(n), 1)
     kids[0] = n
     return kids
+
+
+# A chunk: the blocks of the rows of one linear call in one allocation, one malloc and
+# one free per call instead of per row. After a header (how many of its blocks are still
+# in use) come the blocks, all of one even number n of children; a node whose block lies
+# in a chunk has IN_CHUNK set, and the block's padding word (an even n leaves one after
+# the children, local_grads_offset) holds its index in the chunk. The chunk is freed
+# with its last block, so one row kept alive keeps its call's blocks.
+cdef enum:
+    CHUNK_HEADER = 8        # bytes before the first block (the derivatives stay aligned)
+
+
+cdef inline node_t* chunk_block(char* chunk, Py_ssize_t r, node_t n) noexcept nogil:
+    return <node_t*>(chunk + CHUNK_HEADER + <size_t>r * local_block_bytes(n))
+
+
+cdef char* new_chunk(Py_ssize_t blocks, node_t n) except NULL:
+    """A chunk of blocks >= 1 LOCAL blocks of n children (n even), counts and indices set,
+    slots and derivatives not."""
+    cdef size_t words = local_block_bytes(n) // 8
+    cdef char* chunk = NULL
+    cdef Py_ssize_t r
+    cdef node_t* block
+    if <size_t>blocks > ((<size_t>-1) // 16 - 1) // words:
+        raise MemoryError(f"fastgrad: cannot allocate {blocks} blocks of {n} children")
+    safe_realloc(<void**>&chunk, 1 + blocks * words, 8)
+    (<Py_ssize_t*>chunk)[0] = blocks
+    for r in range(blocks):
+        block = chunk_block(chunk, r, n)
+        block[0] = n
+        block[n + 1] = <node_t>r
+    return chunk
+
+
+cdef inline void free_child_list(node_t* kids, bint in_chunk) noexcept:
+    # a dead node's child list: its own allocation, or one block of a chunk
+    cdef char* chunk
+    if not in_chunk:
+        PyMem_Free(kids)
+        return
+    chunk = <char*>kids - CHUNK_HEADER - <size_t>kids[kids[0] + 1] * local_block_bytes(kids[0])
+    (<Py_ssize_t*>chunk)[0] -= 1
+    if (<Py_ssize_t*>chunk)[0] == 0:
+        PyMem_Free(chunk)
 
 
 cdef inline void pin(node_t c) noexcept:
@@ -302,7 +350,7 @@ cdef void release(node_t i) noexcept:
                     tape.refs[c] = pending
                     pending = c
                 refs = tape.refs            # (drop_ref may have run Python code)
-            PyMem_Free(kids)
+            free_child_list(kids, tape.flags[j] & IN_CHUNK)
         else:
             c = tape.lhs[j]
             if c >= 0 and drop_ref(c):

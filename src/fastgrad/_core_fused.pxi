@@ -208,7 +208,7 @@ cdef int bad_weight(object item, object kind, object first) except -1:
 def _linear(x, w):
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w], one LOCAL node per row
     (children w0, x0, w1, x1, ...; local derivatives x0, w0, x1, w1, ...). A number in x
-    becomes a leaf, shared by the rows.
+    becomes a leaf, shared by the rows. The rows' blocks are one chunk (new_chunk).
 
     Every row has the same x, so x's share of the bookkeeping is done once per call: its
     references are added m at a time and its flags are read once; a row's weights are
@@ -220,14 +220,12 @@ def _linear(x, w):
     cdef bint grad = recording()
     cdef real_t* xval = NULL            # x's values, then each row's sum
     cdef node_t* xslot = NULL           # x's slots (-1 for a number until its leaf is made)
-    cdef node_t* block = NULL
+    cdef char* chunk = NULL             # the rows' blocks
+    cdef node_t* block
     cdef node_t i, c
     cdef int32_t* refs
     cdef Kin kin, xkin                  # a row's weights; x
     cdef list row, out
-    cdef Blocks blocks
-    blocks.items = NULL
-    blocks.size = 0
     for r in range(m):
         if len(<list>rows[r]) != n:
             raise ValueError(f"linear: row {r} of w has {len(<list>rows[r])} weights, "
@@ -256,12 +254,12 @@ def _linear(x, w):
             else:
                 raise TypeError(f"linear's x must be Values or numbers, not {type(v).__name__!r}")
         if grad:
-            blocks_init(&blocks, m)
+            chunk = new_chunk(m, <node_t>(2 * n))
         # one pass per row: check each weight, sum the row, fill its node's block
         for r in range(m):
             row = <list>rows[r]
             if grad:
-                block = blocks_new(&blocks, <node_t>(2 * n))
+                block = chunk_block(chunk, r, <node_t>(2 * n))
                 k = fill_row_out_of_line(list_items(row), n, <void*>kind, xval, xslot, block, &xval[n + r])
             else:
                 k = sum_row(list_items(row), n, <void*>kind, xval, &xval[n + r])
@@ -270,7 +268,7 @@ def _linear(x, w):
         out = new_handles(kind, m)
         reserve(<node_t>(m + numbers))
     except BaseException:
-        blocks_free(&blocks, False)
+        PyMem_Free(chunk)
         PyMem_Free(xval)
         PyMem_Free(xslot)
         raise
@@ -290,7 +288,7 @@ def _linear(x, w):
         if (tape.flags[xslot[k]] & (HAS_FN | PINNED)) == HAS_FN:
             pin(xslot[k])
     for r in range(m):
-        block = blocks.items[r]
+        block = chunk_block(chunk, r, <node_t>(2 * n))
         if numbers:
             for k in range(n):
                 block[2 + 2 * k] = xslot[k]
@@ -306,8 +304,8 @@ def _linear(x, w):
         # slot below one only in a full arena) and every child's graph descends
         if i < kin.top or i < xkin.top or not (kin.every & xkin.every & DESCENDS):
             tape.flags[i] &= ~DESCENDS
+        tape.flags[i] |= IN_CHUNK
         attach(<_Handle>out[r], i)
-    blocks_free(&blocks, True)
     PyMem_Free(xval)
     PyMem_Free(xslot)
     return out
