@@ -291,6 +291,9 @@ cdef int descending_backward(node_t root) except -1:
                     check_node(i)
                     trace(b"rule", i)
                     pending += local_rule_marking(i, tape.reached)
+                elif tape.op[i] == LEAF:    # (no rule, no children: parameters, constants)
+                    check_node(i)
+                    trace(b"rule", i)
                 else:
                     apply_builtin_rule(i)
                     pending += mark_children(i)
