@@ -310,6 +310,28 @@ def test_linear_rows_share_one_allocation_freed_with_the_last_row():
 
 
 @compiled
+def test_linear_rows_hold_x_until_the_last_of_them_dies():
+    # x's nodes, held by nothing but the rows, live while any row does (the rows' chunk
+    # holds them for all of its rows) and die with the last row
+    from fastgrad import _core
+    C = _core.Value
+    a = C(1.5)
+    x = [a * float(k + 1) for k in range(4)]         # 4 '*' nodes and 4 constant leaves
+    w = [[C(0.5 * (r + k)) for k in range(4)] for r in range(3)]
+    out = F.linear(x, w)
+    del x
+    base = arena_live(C)
+    del out[:2]
+    assert arena_live(C) == base - 2                 # two rows: x stays
+    last = out.pop()
+    (last * 2.0).backward()
+    assert a.grad == pytest.approx(2 * sum(w[2][k].data * (k + 1) for k in range(4)))
+    assert arena_live(C) == base - 2
+    del last
+    assert arena_live(C) == base - 2 - 1 - 8         # the last row, then x and its leaves
+
+
+@compiled
 @pytest.mark.parametrize("layer", ["linear", "linear-numbers", "rmsnorm", "softmax",
                                    "cross_entropy", "gpt-value"])
 def test_failed_allocation_leaves_no_half_built_layer(layer):

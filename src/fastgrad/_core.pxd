@@ -61,7 +61,8 @@ ctypedef union param_t:
 # Invariants:
 #   - a slot is live while its handle lives or a live parent names it as a child; then
 #     refs[i] = (number of child references to i from live parents, counted once per
-#     edge, so `a + a` counts 2) + (1 if handle[i] is not NULL);
+#     edge, so `a + a` counts 2, but once for all the rows of one linear call whose x
+#     holds i: their chunk holds that reference) + (1 if handle[i] is not NULL);
 #   - a live slot's index never moves; a free slot below size has the FREE flag and its
 #     bit set in free_map; a new node takes the lowest
 #     free slot above its highest child (a leaf: the lowest free slot), or slot size when

@@ -187,10 +187,12 @@ cdef node_t* new_local_block(node_t n) except NULL:
 
 # A chunk: the blocks of the rows of one linear call in one allocation, one malloc and
 # one free per call instead of per row. After a header (how many of its blocks are still
-# in use) come the blocks, all of one even number n of children; a node whose block lies
-# in a chunk has IN_CHUNK set, and the block's padding word (an even n leaves one after
-# the children, local_grads_offset) holds its index in the chunk. The chunk is freed
-# with its last block, so one row kept alive keeps its call's blocks.
+# in use) come the blocks, all of one even number n of children (w0, x0, w1, x1, ...); a
+# node whose block lies in a chunk has IN_CHUNK set, and the block's padding word (an
+# even n leaves one after the children, local_grads_offset) holds its index in the
+# chunk. Each row holds a reference to its weights; the chunk holds one to each x for
+# all its rows (x is every row's), dropped with its last row, when it is freed. So one
+# row kept alive keeps its call's blocks and x.
 cdef enum:
     CHUNK_HEADER = 8        # bytes before the first block (the derivatives stay aligned)
 
@@ -217,16 +219,9 @@ cdef char* new_chunk(Py_ssize_t blocks, node_t n) except NULL:
     return chunk
 
 
-cdef inline void free_child_list(node_t* kids, bint in_chunk) noexcept:
-    # a dead node's child list: its own allocation, or one block of a chunk
-    cdef char* chunk
-    if not in_chunk:
-        PyMem_Free(kids)
-        return
-    chunk = <char*>kids - CHUNK_HEADER - <size_t>kids[kids[0] + 1] * local_block_bytes(kids[0])
-    (<Py_ssize_t*>chunk)[0] -= 1
-    if (<Py_ssize_t*>chunk)[0] == 0:
-        PyMem_Free(chunk)
+cdef inline char* chunk_of(node_t* kids) noexcept nogil:
+    # the chunk a block lies in (its node has IN_CHUNK)
+    return <char*>kids - CHUNK_HEADER - <size_t>kids[kids[0] + 1] * local_block_bytes(kids[0])
 
 
 cdef inline void pin(node_t c) noexcept:
@@ -323,12 +318,32 @@ cdef void forget_side_tables(node_t j) noexcept:
         tape.overridden -= 1
 
 
+cdef inline node_t drop_children(node_t* kids, node_t first, node_t last, node_t stride,
+                                 node_t pending) noexcept:
+    """Drops one reference to each of kids[first], kids[first + stride], ... up to
+    kids[last], chaining the ones that die onto pending (see release); returns the new
+    head of the chain."""
+    cdef int32_t* refs = tape.refs
+    cdef node_t k = first, c
+    while k <= last:
+        c = kids[k]
+        if refs[c] > 2:
+            refs[c] -= 1                # (c neither dies nor is left to its handle)
+        else:
+            if drop_ref(c):
+                tape.refs[c] = pending
+                pending = c
+            refs = tape.refs            # (drop_ref may have run Python code)
+        k += stride
+    return pending
+
+
 cdef void release(node_t i) noexcept:
     """Drops one reference to i and frees what dies with it, iteratively: dead nodes are
     chained through refs[] (unused once a node is dead), -1 ending the chain."""
     cdef node_t pending, j, c, n, k
     cdef node_t* kids
-    cdef int32_t* refs
+    cdef char* chunk
     if not drop_ref(i):
         return
     tape.refs[i] = -1
@@ -340,17 +355,18 @@ cdef void release(node_t i) noexcept:
             kids = tape.param[j].kids
             tape.param[j].kids = NULL
             n = kids[0] if kids != NULL else 0
-            refs = tape.refs
-            for k in range(1, n + 1):
-                c = kids[k]
-                if refs[c] > 2:
-                    refs[c] -= 1            # (c neither dies nor is left to its handle)
-                    continue
-                if drop_ref(c):
-                    tape.refs[c] = pending
-                    pending = c
-                refs = tape.refs            # (drop_ref may have run Python code)
-            free_child_list(kids, tape.flags[j] & IN_CHUNK)
+            if not tape.flags[j] & IN_CHUNK:
+                pending = drop_children(kids, 1, n, 1, pending)
+                PyMem_Free(kids)
+            else:
+                # a row of a linear call: it holds its weights (odd entries); x (even
+                # entries) is held by the chunk, and goes with its last row
+                pending = drop_children(kids, 1, n, 2, pending)
+                chunk = chunk_of(kids)
+                (<Py_ssize_t*>chunk)[0] -= 1
+                if (<Py_ssize_t*>chunk)[0] == 0:
+                    pending = drop_children(kids, 2, n, 2, pending)
+                    PyMem_Free(chunk)
         else:
             c = tape.lhs[j]
             if c >= 0 and drop_ref(c):

@@ -210,10 +210,10 @@ def _linear(x, w):
     (children w0, x0, w1, x1, ...; local derivatives x0, w0, x1, w1, ...). A number in x
     becomes a leaf, shared by the rows. The rows' blocks are one chunk (new_chunk).
 
-    Every row has the same x, so x's share of the bookkeeping is done once per call: its
-    references are added m at a time and its flags are read once; a row's weights are
-    held and summarised (Kin) in one loop (hold_weights) before its node is pushed. The
-    row loops are out of line and small: inside _linear, gcc spilled their pointers."""
+    Every row has the same x, so x's share of the bookkeeping is done once per call:
+    the rows' chunk holds one reference to each x for them all, and x's flags are read
+    once; a row's weights are held and summarised (Kin) in one loop (hold_weights)
+    before its node is pushed."""
     cdef list xs = x if type(x) is list else list(x)
     cdef list rows = [row_ if type(row_) is list else list(row_) for row_ in w]
     cdef Py_ssize_t n = len(xs), m = len(rows), r, k, numbers = 0
@@ -284,7 +284,7 @@ def _linear(x, w):
         if xslot[k] < 0:
             xslot[k] = push(LEAF, xval[k], -1, -1)
         kin_add(&xkin, xslot[k])
-        tape.refs[xslot[k]] += <int32_t>m   # one reference per row
+        tape.refs[xslot[k]] += 1            # the chunk's, for all its rows
         if (tape.flags[xslot[k]] & (HAS_FN | PINNED)) == HAS_FN:
             pin(xslot[k])
     for r in range(m):
