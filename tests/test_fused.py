@@ -225,8 +225,9 @@ def arena_live(V):
     (lambda V, x, w: F.softmax([x[0], 2.0]), TypeError),
     (lambda V, x, w: F.cross_entropy(x, 3), IndexError),
     (lambda V, x, w: F.cross_entropy(x, 1.0), TypeError),
-], ids=["ragged", "mismatch", "empty-x", "number-weights", "str-x", "late-weight", "rms-empty", "rms-number",
-        "rms-eps", "rms-zero", "softmax-empty", "softmax-number", "ce-range", "ce-float"])
+], ids=["ragged", "mismatch", "empty-x", "number-weights", "str-x", "late-weight", "rms-empty",
+        "rms-number", "rms-eps", "rms-zero", "softmax-empty", "softmax-number", "ce-range",
+        "ce-float"])
 def test_bad_input_changes_nothing(V, call, error):
     x = [V(0.5), V(-1.0), V(2.0)]
     w = [[V(0.1), V(0.2), V(0.3)], [V(0.4), V(0.5), V(0.6)]]

@@ -223,7 +223,6 @@ def _linear(x, w):
     cdef char* chunk = NULL             # the rows' blocks
     cdef node_t* block
     cdef node_t i, c
-    cdef int32_t* refs
     cdef Kin kin, xkin                  # a row's weights; x
     cdef list row, out
     for r in range(m):
@@ -260,7 +259,8 @@ def _linear(x, w):
             row = <list>rows[r]
             if grad:
                 block = chunk_block(chunk, r, <node_t>(2 * n))
-                k = fill_row_out_of_line(list_items(row), n, <void*>kind, xval, xslot, block, &xval[n + r])
+                k = fill_row_out_of_line(list_items(row), n, <void*>kind, xval, xslot, block,
+                                         &xval[n + r])
             else:
                 k = sum_row(list_items(row), n, <void*>kind, xval, &xval[n + r])
             if k < n:
@@ -293,7 +293,8 @@ def _linear(x, w):
             for k in range(n):
                 block[2 + 2 * k] = xslot[k]
         kin = hold_weights_out_of_line(block, n)
-        i = push_above(LOCAL, xval[n + r], -1, -1, kin.top if kin.top > xkin.top else xkin.top)
+        i = push_above(LOCAL, xval[n + r], -1, -1,
+                       kin.top if kin.top > xkin.top else xkin.top)
         tape.param[i].kids = block
         if kin.some & HAS_FN:
             for k in range(n):
