@@ -341,7 +341,7 @@ cdef inline node_t drop_children(node_t* kids, node_t first, node_t last, node_t
 cdef void release(node_t i) noexcept:
     """Drops one reference to i and frees what dies with it, iteratively: dead nodes are
     chained through refs[] (unused once a node is dead), -1 ending the chain."""
-    cdef node_t pending, j, c, n, k
+    cdef node_t pending, j, c, n
     cdef node_t* kids
     cdef char* chunk
     if not drop_ref(i):
