@@ -333,6 +333,67 @@ def test_linear_rows_hold_x_until_the_last_of_them_dies():
 
 
 @compiled
+@pytest.mark.parametrize("layer", ["linear", "rmsnorm", "softmax", "cross_entropy"])
+def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(layer):
+    # a collection can run inside a helper (making its handles allocates), and a finalizer
+    # may then empty the lists it was given of their Values: the helper reads its own copy
+    # of x (linear: its weights after the handles are made), so whatever the collection
+    # does, the call gives a layer over live Values or an error, and no node is lost
+    from fastgrad import _core
+    C = _core.Value
+    make = {
+        "linear": lambda x, w: F.linear(x, w),
+        "rmsnorm": lambda x, w: F.rmsnorm(x),
+        "softmax": lambda x, w: F.softmax(x),
+        "cross_entropy": lambda x, w: [F.cross_entropy(x, 1)],
+    }[layer]
+
+    class Meddler:
+        # cyclic garbage whose finalizer makes another one until the k-th collection,
+        # which spoils the lists
+        def __init__(self, state):
+            self.state, self.me = state, self
+
+        def __del__(self):
+            if self.state["left"] == 0:
+                for lst in self.state["lists"]:
+                    lst[:] = ["spoilt"] * len(lst)
+            if self.state["left"] > 0:
+                Meddler(self.state)
+            self.state["left"] -= 1
+
+    gc.collect()
+    base = _core._tape_stats()["live"]
+    thresholds = gc.get_threshold()
+    spoilt = []                               # whether the k-th run's lists were spoilt in the call
+    try:
+        for k in range(12):
+            x = [C(0.1 * j - 0.2) for j in range(4)]
+            w = [[C(0.05 * (i + j)) for j in range(4)] for i in range(3)]
+            state = {"left": k, "lists": [x] + w}
+            Meddler(state)
+            gc.set_threshold(1)
+            try:
+                out = make(x, w)
+            except (TypeError, ValueError):
+                out = None
+            finally:
+                gc.set_threshold(*thresholds)
+            spoilt.append(x[0] == "spoilt")
+            state["left"], state["lists"] = -1, []
+            if out is not None:
+                sum(out, C(0.0)).backward()
+                assert all(math.isfinite(v.data) and math.isfinite(v.grad) for v in out)
+            del out, x, w, state
+            gc.collect()
+            assert _core._tape_stats()["live"] == base
+            _core._test_free_slots()
+    finally:
+        gc.set_threshold(*thresholds)
+    assert any(spoilt)                        # (a collection did run inside a call)
+
+
+@compiled
 @pytest.mark.parametrize("layer", ["linear", "linear-numbers", "rmsnorm", "softmax",
                                    "cross_entropy", "gpt-value"])
 def test_failed_allocation_leaves_no_half_built_layer(layer):

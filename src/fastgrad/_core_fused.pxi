@@ -6,7 +6,11 @@
 # operation for operation (each block names its expression), so they agree to the bit.
 # Everything that can fail (argument checks, the ops' own errors, every allocation: the
 # derivative blocks, the handles, the tape's room) happens before the first node is
-# pushed, so a failed call leaves the arena as it was.
+# pushed, so a failed call leaves the arena as it was. Making the handles can run Python
+# code (a collection, and the finalizers it calls), which may change the caller's lists
+# and drop Values: so each helper reads its Values from its own copy of the list, which
+# holds them, and linear, which does not copy the rows, reads its weights after the
+# handles are made, and runs no Python code from there until its nodes are pushed.
 
 cdef struct Blocks:
     # the LOCAL blocks a helper allocated and has not yet given to nodes
@@ -198,6 +202,10 @@ fill_row_out_of_line = fill_row
 hold_weights_out_of_line = hold_weights
 
 
+cdef object ragged_row(Py_ssize_t r, Py_ssize_t weights, Py_ssize_t n):
+    return ValueError(f"linear: row {r} of w has {weights} weights, but x has {n} values")
+
+
 cdef int bad_weight(object item, object kind, object first) except -1:
     # raises the error for a weight of linear that is not a live Value of kind
     check_handles([item], kind, <_Handle>first, "linear's weights")
@@ -214,7 +222,7 @@ def _linear(x, w):
     the rows' chunk holds one reference to each x for them all, and x's flags are read
     once; a row's weights are held and summarised (Kin) in one loop (hold_weights)
     before its node is pushed."""
-    cdef list xs = x if type(x) is list else list(x)
+    cdef list xs = list(x)             # (a copy: see the note at the top)
     cdef list rows = [row_ if type(row_) is list else list(row_) for row_ in w]
     cdef Py_ssize_t n = len(xs), m = len(rows), r, k, numbers = 0
     cdef bint grad = recording()
@@ -227,8 +235,7 @@ def _linear(x, w):
     cdef list row, out
     for r in range(m):
         if len(<list>rows[r]) != n:
-            raise ValueError(f"linear: row {r} of w has {len(<list>rows[r])} weights, "
-                             f"but x has {n} values")
+            raise ragged_row(r, len(<list>rows[r]), n)
     if m == 0:
         return []
     if n == 0:
@@ -252,11 +259,15 @@ def _linear(x, w):
                 raise mixed_kinds(<_Handle>first, v)
             else:
                 raise TypeError(f"linear's x must be Values or numbers, not {type(v).__name__!r}")
+        out = new_handles(kind, m)
+        reserve(<node_t>(m + numbers))
         if grad:
             chunk = new_chunk(m, <node_t>(2 * n))
         # one pass per row: check each weight, sum the row, fill its node's block
         for r in range(m):
             row = <list>rows[r]
+            if len(row) != n:               # (again: a finalizer may have changed it)
+                raise ragged_row(r, len(row), n)
             if grad:
                 block = chunk_block(chunk, r, <node_t>(2 * n))
                 k = fill_row_out_of_line(list_items(row), n, <void*>kind, xval, xslot, block,
@@ -265,8 +276,6 @@ def _linear(x, w):
                 k = sum_row(list_items(row), n, <void*>kind, xval, &xval[n + r])
             if k < n:
                 bad_weight(row[k], kind, first)
-        out = new_handles(kind, m)
-        reserve(<node_t>(m + numbers))
     except BaseException:
         PyMem_Free(chunk)
         PyMem_Free(xval)
@@ -315,7 +324,7 @@ def _linear(x, w):
 def _rmsnorm(x, eps):
     """ms = sum(xi * xi for xi in x) / len(x); scale = (ms + eps) ** -0.5;
     [xi * scale for xi in x]: scale is one LOCAL node over x, each output a '*' node."""
-    cdef list xs = x if type(x) is list else list(x)
+    cdef list xs = list(x)             # (a copy: see the note at the top)
     cdef Py_ssize_t n = len(xs), k
     cdef bint grad = recording()
     cdef real_t e = real_or_raise(eps, "eps")
@@ -388,7 +397,7 @@ def _softmax(logits):
     """m = max(v.data for v in logits); exps = [(v - m).exp() for v in logits];
     total = sum(exps); [e / total for e in exps]: total is one LOCAL node over the logits
     (d total / d x_k = e_k), each output a LOCAL node over (x_k, total)."""
-    cdef list xs = logits if type(logits) is list else list(logits)
+    cdef list xs = list(logits)        # (a copy: see the note at the top)
     cdef Py_ssize_t n = len(xs), k
     cdef bint grad = recording()
     cdef real_t* xv = NULL
@@ -445,7 +454,7 @@ def _softmax(logits):
 def _cross_entropy(logits, Py_ssize_t target):
     """-log softmax(logits)[target] as log(sum(exps)) - (x_target - m), one LOCAL node over
     the logits: d / d x_k = e_k / total, less 1 at the target. target is in range."""
-    cdef list xs = logits if type(logits) is list else list(logits)
+    cdef list xs = list(logits)        # (a copy: see the note at the top)
     cdef Py_ssize_t n = len(xs), k
     cdef real_t* xv = NULL
     cdef real_t total, lse, inv, loss
