@@ -112,20 +112,6 @@ cdef struct Kin:
     uint16_t some
 
 
-cdef inline void kin_init(Kin* kin) noexcept nogil:
-    kin.top = -1
-    kin.every = DESCENDS
-    kin.some = 0
-
-
-cdef inline void kin_add(Kin* kin, node_t c) noexcept nogil:
-    cdef uint16_t f = tape.flags[c]
-    kin.every &= f
-    kin.some |= f
-    if c > kin.top:
-        kin.top = c
-
-
 cdef Py_ssize_t sum_row(PyObject** row, Py_ssize_t n, void* kind, const real_t* xval,
                         real_t* total) noexcept:
     """sum(w * x for w, x in zip(row, x)) into total[0], for a row of n weights that must
@@ -288,14 +274,16 @@ def _linear(x, w):
         PyMem_Free(xval)
         PyMem_Free(xslot)
         return out
-    kin_init(&xkin)
+    xkin.top, xkin.every, xkin.some = -1, DESCENDS, 0     # (x's pins are taken here)
     for k in range(n):
         if xslot[k] < 0:
             xslot[k] = push(LEAF, xval[k], -1, -1)
-        kin_add(&xkin, xslot[k])
-        tape.refs[xslot[k]] += 1            # the chunk's, for all its rows
-        if (tape.flags[xslot[k]] & (HAS_FN | PINNED)) == HAS_FN:
-            pin(xslot[k])
+        c = xslot[k]
+        xkin.every &= tape.flags[c]
+        xkin.top = c if c > xkin.top else xkin.top
+        tape.refs[c] += 1                   # the chunk's, for all its rows
+        if (tape.flags[c] & (HAS_FN | PINNED)) == HAS_FN:
+            pin(c)
     for r in range(m):
         block = chunk_block(chunk, r, <node_t>(2 * n))
         if numbers:
