@@ -133,7 +133,8 @@ def overhead():
     """What the fused step spends per helper call: each helper's calls in one training
     step (counted), the time of one call at its smallest (one term: per-call overhead,
     from Python through the engine and back, including freeing its node), and linear's
-    time per term at 16 x 16 (from the difference with 1 x 1)."""
+    time per term at 16 x 16 (from the difference with 1 x 1), over rows and over a
+    matrix()."""
     from fastgrad import _core
     from fastgrad import functional as F
     from fastgrad import gpt as gpt_module
@@ -163,7 +164,12 @@ def overhead():
     best = lambda f, n: min(timeit.repeat(f, number=n, repeat=7)) / n
     per_call = {name: best(f, 2000) * 1e6 for name, f in calls.items()}
     per_term = (best(lambda: F.linear(x16, w16), 500) * 1e6 - per_call["linear"]) / 256 * 1e3
-    return {"calls_per_step": counts, "us_per_call": per_call, "linear_ns_per_term": per_term}
+    m1, m16 = F.matrix(w1), F.matrix(w16)
+    per_call_matrix = best(lambda: F.linear(x1, m1), 2000) * 1e6
+    per_term_matrix = (best(lambda: F.linear(x16, m16), 500) * 1e6 - per_call_matrix) / 256 * 1e3
+    return {"calls_per_step": counts, "us_per_call": per_call, "linear_ns_per_term": per_term,
+            "linear_matrix_us_per_call": per_call_matrix,
+            "linear_matrix_ns_per_term": per_term_matrix}
 
 
 MEMORY_SCRIPT = r"""
@@ -220,7 +226,10 @@ def table(results):
                      "from Python and back): " + ", ".join(
                          f"{k} {oh['us_per_call'][k]:.2f} us x {calls[k]}" for k in calls) +
                      f" calls in step 1 = {spent:.3f} ms; linear then costs "
-                     f"{oh['linear_ns_per_term']:.1f} ns per term (16 x 16)")
+                     f"{oh['linear_ns_per_term']:.1f} ns per term (16 x 16); over a "
+                     f"matrix() (as the fused model multiplies by its weights) "
+                     f"{oh['linear_matrix_us_per_call']:.2f} us per call and "
+                     f"{oh['linear_matrix_ns_per_term']:.1f} ns per term")
     mem = results.get("memory", {})
     if "error" in mem:
         lines.append(f"\nmemory over 1,000 steps: {mem['error']}")

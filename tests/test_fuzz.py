@@ -101,11 +101,14 @@ class API(RuleBasedStateMachine):
     def layer(self, pairs, kind, picks, rows, numbers, which, eps):
         """One fused layer of fastgrad.functional over earlier nodes of one population."""
         x = [pairs[i % len(pairs)] for i in picks]
-        if kind == 'linear':
+        if kind in ('linear', 'linear-matrix'):
             w = [[pairs[(i + 7 * r) % len(pairs)] for i in picks] for r in range(rows)]
             x = [(n, n) if n is not None else p for p, n in zip(x, numbers + [None] * len(x))]
-            return same_outcome(lambda: F.linear([a for a, _ in x], [[a for a, _ in r] for r in w]),
-                                lambda: F.linear([b for _, b in x], [[b for _, b in r] for r in w]))
+            # (the weights as rows, or packed: F.matrix refuses no rows on both engines)
+            pack = F.matrix if kind == 'linear-matrix' else list
+            return same_outcome(
+                lambda: F.linear([a for a, _ in x], pack([[a for a, _ in r] for r in w])),
+                lambda: F.linear([b for _, b in x], pack([[b for _, b in r] for r in w])))
         if kind == 'rmsnorm':
             return same_outcome(lambda: F.rmsnorm([a for a, _ in x], eps),
                                 lambda: F.rmsnorm([b for _, b in x], eps))
@@ -116,7 +119,8 @@ class API(RuleBasedStateMachine):
         return same_outcome(lambda: F.cross_entropy([a for a, _ in x], t),
                             lambda: F.cross_entropy([b for _, b in x], t))
 
-    LAYER = dict(kind=st.sampled_from(['linear', 'rmsnorm', 'softmax', 'cross_entropy']),
+    LAYER = dict(kind=st.sampled_from(['linear', 'linear-matrix', 'rmsnorm', 'softmax',
+                                       'cross_entropy']),
                  picks=st.lists(st.integers(0, 99), min_size=1, max_size=6),
                  rows=st.integers(0, 3), numbers=st.lists(st.one_of(st.none(), number), max_size=3),
                  which=st.integers(-6, 6), eps=st.sampled_from([1e-5, 0.5, 0.0]))

@@ -40,6 +40,8 @@ cdef enum:
     HAS_REPLAY = 512  # _replays holds the replay recompute() built for this node
     IN_CHUNK = 1024 # LOCAL: the node's block lies in a chunk shared by the rows of one
                     # linear call (see new_chunk)
+    LEAF_WEIGHTS = 2048  # IN_CHUNK: the row's weights (its odd children) are leaves, so
+                    # the descending pass need not mark them reached (a leaf has no rule)
 
 cdef enum:
     FREE_LEVELS = 6         # levels of the free-slot tree: 64**6 slots > the 2**31 - 1 a
@@ -62,7 +64,9 @@ ctypedef union param_t:
 #   - a slot is live while its handle lives or a live parent names it as a child; then
 #     refs[i] = (number of child references to i from live parents, counted once per
 #     edge, so `a + a` counts 2, but once for all the rows of one linear call whose x
-#     holds i: their chunk holds that reference) + (1 if handle[i] is not NULL);
+#     holds i: their chunk holds that reference, and not at all for the rows made from
+#     a Matrix whose weights hold i: the Matrix holds i's handle, and the chunk the
+#     Matrix) + (1 if handle[i] is not NULL);
 #   - a live slot's index never moves; a free slot below size has the FREE flag and its
 #     bit set in free_map; a new node takes the lowest
 #     free slot above its highest child (a leaf: the lowest free slot), or slot size when

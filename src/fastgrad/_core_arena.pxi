@@ -8,7 +8,8 @@ tape.epoch = 1              # (a replay's stamp 0 is never current)
 # Sparse per-node Python attributes, keyed by slot; flags[i] says whether an entry exists.
 cdef dict _labels = {}      # HAS_LABEL: the node's label
 cdef dict _opstrs = {}      # HAS_OPSTR: the `_op` string of a node
-cdef dict _orders = {}      # HAS_ORDER: the node's reachable slots, parents first (bytes)
+cdef dict _orders = {}      # HAS_ORDER: the node's reachable slots, parents first (bytes;
+                            # but for leaves with no _backward: see forget_orders)
 cdef dict _replays = {}     # HAS_REPLAY: the _Replay recompute() built for the node
 
 # allocations left before a simulated failure (-1: never); set by _test_fail_allocs
@@ -186,15 +187,22 @@ cdef node_t* new_local_block(node_t n) except NULL:
 
 
 # A chunk: the blocks of the rows of one linear call in one allocation, one malloc and
-# one free per call instead of per row. After a header (how many of its blocks are still
-# in use) come the blocks, all of one even number n of children (w0, x0, w1, x1, ...); a
-# node whose block lies in a chunk has IN_CHUNK set, and the block's padding word (an
-# even n leaves one after the children, local_grads_offset) holds its index in the
-# chunk. Each row holds a reference to its weights; the chunk holds one to each x for
-# all its rows (x is every row's), dropped with its last row, when it is freed. So one
-# row kept alive keeps its call's blocks and x.
+# one free per call instead of per row. After a header come the blocks, all of one even
+# number n of children (w0, x0, w1, x1, ...); a node whose block lies in a chunk has
+# IN_CHUNK set, and the block's padding word (an even n leaves one after the children,
+# local_grads_offset) holds its index in the chunk. The chunk holds one reference to
+# each x for all its rows (x is every row's), dropped with its last row, when it is
+# freed. Each row holds a reference to its weights, but for rows made from a Matrix:
+# the chunk then holds one reference to the Matrix, whose handles hold the weights (its
+# rows count no edge to them). So one row kept alive keeps its call's blocks, x and
+# weights.
+cdef struct ChunkHeader:
+    Py_ssize_t in_use       # how many of its blocks are still in use
+    PyObject* matrix        # the Matrix its rows were made from (a reference), or NULL
+
 cdef enum:
-    CHUNK_HEADER = 8        # bytes before the first block (the derivatives stay aligned)
+    CHUNK_HEADER = 16       # sizeof(ChunkHeader), a multiple of 8 (the derivatives stay
+                            # aligned)
 
 
 cdef inline node_t* chunk_block(char* chunk, Py_ssize_t r, node_t n) noexcept nogil:
@@ -203,15 +211,16 @@ cdef inline node_t* chunk_block(char* chunk, Py_ssize_t r, node_t n) noexcept no
 
 cdef char* new_chunk(Py_ssize_t blocks, node_t n) except NULL:
     """A chunk of blocks >= 1 LOCAL blocks of n children (n even), counts and indices set,
-    slots and derivatives not."""
+    slots and derivatives not, and no Matrix."""
     cdef size_t words = local_block_bytes(n) // 8
     cdef char* chunk = NULL
     cdef Py_ssize_t r
     cdef node_t* block
-    if <size_t>blocks > ((<size_t>-1) // 16 - 1) // words:
+    if <size_t>blocks > ((<size_t>-1) // 16 - CHUNK_HEADER // 8) // words:
         raise MemoryError(f"fastgrad: cannot allocate {blocks} blocks of {n} children")
-    safe_realloc(<void**>&chunk, 1 + blocks * words, 8)
-    (<Py_ssize_t*>chunk)[0] = blocks
+    safe_realloc(<void**>&chunk, CHUNK_HEADER // 8 + blocks * words, 8)
+    (<ChunkHeader*>chunk).in_use = blocks
+    (<ChunkHeader*>chunk).matrix = NULL
     for r in range(blocks):
         block = chunk_block(chunk, r, n)
         block[0] = n
@@ -344,6 +353,7 @@ cdef void release(node_t i) noexcept:
     cdef node_t pending, j, c, n
     cdef node_t* kids
     cdef char* chunk
+    cdef PyObject* matrix
     if not drop_ref(i):
         return
     tape.refs[i] = -1
@@ -359,14 +369,21 @@ cdef void release(node_t i) noexcept:
                 pending = drop_children(kids, 1, n, 1, pending)
                 PyMem_Free(kids)
             else:
-                # a row of a linear call: it holds its weights (odd entries); x (even
-                # entries) is held by the chunk, and goes with its last row
-                pending = drop_children(kids, 1, n, 2, pending)
+                # a row of a linear call: it holds its weights (odd entries) unless the
+                # chunk's Matrix does; x (even entries) is held by the chunk, and goes
+                # with its last row, as does the chunk's reference to the Matrix
                 chunk = chunk_of(kids)
-                (<Py_ssize_t*>chunk)[0] -= 1
-                if (<Py_ssize_t*>chunk)[0] == 0:
+                matrix = (<ChunkHeader*>chunk).matrix
+                if matrix == NULL:
+                    pending = drop_children(kids, 1, n, 2, pending)
+                (<ChunkHeader*>chunk).in_use -= 1
+                if (<ChunkHeader*>chunk).in_use == 0:
                     pending = drop_children(kids, 2, n, 2, pending)
                     PyMem_Free(chunk)
+                    if matrix != NULL:
+                        # (may run Python code and free other nodes: the tape is read
+                        # afresh below; the pending chain is in dead slots, untouched)
+                        decref(matrix)
         else:
             c = tape.lhs[j]
             if c >= 0 and drop_ref(c):

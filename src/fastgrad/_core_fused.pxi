@@ -199,6 +199,207 @@ cdef int bad_weight(object item, object kind, object first) except -1:
     raise AssertionError("bad_weight: the weight is fine")
 
 
+cdef Py_ssize_t read_x(list xs, object kind, object first, real_t* xval,
+                       node_t* xslot) except -1:
+    """x's values and slots (-1 for a number: its leaf is made by hold_x); returns how
+    many numbers there are."""
+    cdef Py_ssize_t k, numbers = 0
+    for k in range(len(xs)):
+        v = xs[k]
+        if type(v) is kind:
+            xslot[k] = check_slot(<_Handle>v)
+            xval[k] = tape.value[xslot[k]]
+        elif as_real(v, &xval[k]):
+            xslot[k] = -1
+            numbers += 1
+        elif isinstance(v, _Handle):
+            raise mixed_kinds(<_Handle>first, v)
+        else:
+            raise TypeError(f"linear's x must be Values or numbers, not {type(v).__name__!r}")
+    return numbers
+
+
+cdef Kin hold_x(const real_t* xval, node_t* xslot, Py_ssize_t n) noexcept:
+    """Makes a leaf of each number in x (after reserve), adds the chunk's reference to
+    each x for all its rows, pinning those that need it, and returns x's Kin."""
+    cdef Kin kin
+    cdef Py_ssize_t k
+    cdef node_t c
+    kin.top, kin.every, kin.some = -1, DESCENDS, 0
+    for k in range(n):
+        if xslot[k] < 0:
+            xslot[k] = push(LEAF, xval[k], -1, -1)
+        c = xslot[k]
+        kin.every &= tape.flags[c]
+        kin.top = c if c > kin.top else kin.top
+        tape.refs[c] += 1
+        if (tape.flags[c] & (HAS_FN | PINNED)) == HAS_FN:
+            pin(c)
+    return kin
+
+
+@cython.final
+cdef class Matrix:
+    """Rows of Values packed for linear(): Matrix(rows), rows a non-empty list of
+    equally long, non-empty rows of Values of one class. It holds those Values (so it
+    goes on naming the same ones whatever happens to the lists it was made from) and
+    their slots, with what linear() would otherwise read of every weight at every call:
+    the highest slot, whether every weight's graph descends, whether all are leaves.
+
+    A linear() over it checks no weight and counts no reference to one: the rows' chunk
+    holds the Matrix instead, and the Matrix the weights' handles. It is a sequence of
+    its rows (tuples), so linear(x, m) on the reference engine, or any code written for
+    lists of rows, reads it as rows."""
+    cdef readonly tuple rows    # the rows, tuples of Values
+    cdef object kind            # their class
+    cdef node_t* slot           # their slots, row by row
+    cdef Py_ssize_t m, n        # rows, columns
+    cdef node_t top             # the highest slot
+    cdef uint16_t every         # the weights' flags ANDed (DESCENDS: every graph descends)
+    cdef bint leaves            # every weight is a leaf
+
+    def __cinit__(self, rows):
+        cdef Py_ssize_t r, k
+        cdef node_t s
+        self.rows = tuple([tuple(row) for row in rows])
+        self.m = len(self.rows)
+        if self.m == 0:
+            raise ValueError("a Matrix needs at least one row")
+        self.n = len(<tuple>self.rows[0])
+        if self.n == 0:
+            raise ValueError("a Matrix's rows need at least one Value")
+        for r in range(self.m):
+            if len(<tuple>self.rows[r]) != self.n:
+                raise ValueError(f"Matrix: row {r} has {len(<tuple>self.rows[r])} Values, "
+                                 f"but row 0 has {self.n}")
+        if self.n > (INT32_MAX - 2) // 2:
+            raise MemoryError("fastgrad: too many terms for one node")
+        first = (<tuple>self.rows[0])[0]
+        self.kind = handle_class(first, "a Matrix's entries")
+        for row in self.rows:
+            check_handles(list(<tuple>row), self.kind, <_Handle>first, "a Matrix's entries")
+        safe_realloc(<void**>&self.slot, self.m * self.n, sizeof(node_t))
+        self.top, self.every, self.leaves = -1, DESCENDS, True
+        for r in range(self.m):
+            for k in range(self.n):
+                s = (<_Handle>(<tuple>self.rows[r])[k]).slot
+                self.slot[r * self.n + k] = s
+                self.top = s if s > self.top else self.top
+                self.every &= tape.flags[s]
+                self.leaves &= tape.op[s] == LEAF
+
+    def __dealloc__(self):
+        PyMem_Free(self.slot)
+
+    @property
+    def shape(self):
+        """(rows, columns)"""
+        return (self.m, self.n)
+
+    def __len__(self):
+        return self.m
+
+    def __getitem__(self, r):
+        return self.rows[r]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __repr__(self):
+        return f"Matrix({self.m} x {self.n} of {self.kind.__name__})"
+
+    def __reduce__(self):
+        return (Matrix, (self.rows,))
+
+
+cdef real_t fill_matrix_row(const node_t* wslot, Py_ssize_t n, const real_t* xval,
+                            const node_t* xslot, node_t* block) noexcept:
+    """fill_row for a row of a Matrix (live weights of the right class, their slots at
+    hand): returns the row's sum."""
+    cdef real_t* value = tape.value
+    cdef real_t* d = local_grads_of(block)
+    cdef real_t acc = 0.0, wv
+    cdef Py_ssize_t k
+    cdef node_t s
+    for k in range(n):
+        s = wslot[k]
+        wv = value[s]
+        acc = acc + wv * xval[k]
+        block[1 + 2 * k] = s
+        block[2 + 2 * k] = xslot[k]
+        d[2 * k] = mul_da(xval[k])
+        d[2 * k + 1] = mul_db(wv)
+    return acc
+
+
+cdef real_t matrix_row_sum(const node_t* wslot, Py_ssize_t n, const real_t* xval) noexcept:
+    cdef real_t acc = 0.0
+    cdef Py_ssize_t k
+    for k in range(n):
+        acc = acc + tape.value[wslot[k]] * xval[k]
+    return acc
+
+
+cdef real_t (*fill_matrix_row_out_of_line)(const node_t*, Py_ssize_t, const real_t*,
+                                           const node_t*, node_t*) noexcept
+fill_matrix_row_out_of_line = fill_matrix_row
+
+
+cdef list linear_of_matrix(list xs, Matrix w):
+    """_linear over a Matrix: the same nodes, values and grads, but its weights are known
+    to be live Values of one class (the Matrix holds them), and the chunk holds the Matrix
+    rather than each row its weights; so the rows are filled with no check, and their
+    nodes pushed with no reference or flag of a weight to read."""
+    cdef Py_ssize_t n = w.n, m = w.m, r, numbers
+    cdef bint grad = recording()
+    cdef real_t* xval = NULL
+    cdef node_t* xslot = NULL
+    cdef char* chunk = NULL
+    cdef node_t* block
+    cdef node_t i, top
+    cdef uint16_t every, row_flags = IN_CHUNK | (LEAF_WEIGHTS if w.leaves else 0)
+    cdef Kin xkin
+    cdef list out
+    if len(xs) != n:
+        raise ragged_row(0, n, len(xs))
+    first = (<tuple>w.rows[0])[0]
+    try:
+        safe_realloc(<void**>&xval, n, sizeof(real_t))
+        safe_realloc(<void**>&xslot, n, sizeof(node_t))
+        numbers = read_x(xs, w.kind, first, xval, xslot)
+        out = new_handles(w.kind, m)
+        reserve(<node_t>(m + numbers))
+        if grad:
+            chunk = new_chunk(m, <node_t>(2 * n))
+    except BaseException:
+        PyMem_Free(chunk)
+        PyMem_Free(xval)
+        PyMem_Free(xslot)
+        raise
+    # nothing fails from here on
+    if not grad:
+        for r in range(m):
+            attach(<_Handle>out[r], push(LEAF, matrix_row_sum(&w.slot[r * n], n, xval), -1, -1))
+    else:
+        xkin = hold_x(xval, xslot, n)
+        (<ChunkHeader*>chunk).matrix = <PyObject*>w
+        incref(<PyObject*>w)
+        top = w.top if w.top > xkin.top else xkin.top
+        every = w.every & xkin.every & DESCENDS
+        for r in range(m):
+            block = chunk_block(chunk, r, <node_t>(2 * n))
+            i = push_above(LOCAL, fill_matrix_row_out_of_line(&w.slot[r * n], n, xval, xslot,
+                                                              block), -1, -1, top)
+            tape.param[i].kids = block
+            if i < top or not every:        # (as in _linear)
+                tape.flags[i] &= ~DESCENDS
+            tape.flags[i] |= row_flags
+            attach(<_Handle>out[r], i)
+    PyMem_Free(xval)
+    PyMem_Free(xslot)
+    return out
+
+
 def _linear(x, w):
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w], one LOCAL node per row
     (children w0, x0, w1, x1, ...; local derivatives x0, w0, x1, w1, ...). A number in x
@@ -207,10 +408,12 @@ def _linear(x, w):
     Every row has the same x, so x's share of the bookkeeping is done once per call:
     the rows' chunk holds one reference to each x for them all, and x's flags are read
     once; a row's weights are held and summarised (Kin) in one loop (hold_weights)
-    before its node is pushed."""
+    before its node is pushed. w may be a Matrix: see linear_of_matrix."""
     cdef list xs = list(x)             # (a copy: see the note at the top)
+    if type(w) is Matrix:
+        return linear_of_matrix(xs, <Matrix>w)
     cdef list rows = [row_ if type(row_) is list else list(row_) for row_ in w]
-    cdef Py_ssize_t n = len(xs), m = len(rows), r, k, numbers = 0
+    cdef Py_ssize_t n = len(xs), m = len(rows), r, k, numbers
     cdef bint grad = recording()
     cdef real_t* xval = NULL            # x's values, then each row's sum
     cdef node_t* xslot = NULL           # x's slots (-1 for a number until its leaf is made)
@@ -233,18 +436,7 @@ def _linear(x, w):
     try:
         safe_realloc(<void**>&xval, n + m, sizeof(real_t))
         safe_realloc(<void**>&xslot, n, sizeof(node_t))
-        for k in range(n):
-            v = xs[k]
-            if type(v) is kind:
-                xslot[k] = check_slot(<_Handle>v)
-                xval[k] = tape.value[xslot[k]]
-            elif as_real(v, &xval[k]):
-                xslot[k] = -1
-                numbers += 1
-            elif isinstance(v, _Handle):
-                raise mixed_kinds(<_Handle>first, v)
-            else:
-                raise TypeError(f"linear's x must be Values or numbers, not {type(v).__name__!r}")
+        numbers = read_x(xs, kind, first, xval, xslot)
         out = new_handles(kind, m)
         reserve(<node_t>(m + numbers))
         if grad:
@@ -274,16 +466,7 @@ def _linear(x, w):
         PyMem_Free(xval)
         PyMem_Free(xslot)
         return out
-    xkin.top, xkin.every, xkin.some = -1, DESCENDS, 0     # (x's pins are taken here)
-    for k in range(n):
-        if xslot[k] < 0:
-            xslot[k] = push(LEAF, xval[k], -1, -1)
-        c = xslot[k]
-        xkin.every &= tape.flags[c]
-        xkin.top = c if c > xkin.top else xkin.top
-        tape.refs[c] += 1                   # the chunk's, for all its rows
-        if (tape.flags[c] & (HAS_FN | PINNED)) == HAS_FN:
-            pin(c)
+    xkin = hold_x(xval, xslot, n)
     for r in range(m):
         block = chunk_block(chunk, r, <node_t>(2 * n))
         if numbers:

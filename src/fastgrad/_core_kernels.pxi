@@ -242,6 +242,24 @@ cdef inline node_t local_rule_marking(node_t i, uint8_t* reached) noexcept nogil
     return new
 
 
+cdef inline node_t row_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
+    """local_rule_marking for a linear row with LEAF_WEIGHTS: the same sums in the same
+    order, but only x (the even children) is marked; its weights, leaves, have no rule
+    for the pass to reach."""
+    cdef node_t* kids = tape.param[i].kids
+    cdef real_t* d = local_grads_of(kids)
+    cdef real_t* grad = tape.grad
+    cdef real_t g = grad[i]
+    cdef node_t k, c, new = 0
+    for k in range(0, kids[0], 2):
+        grad[kids[k + 1]] += d[k] * g
+        c = kids[k + 2]
+        grad[c] += d[k + 1] * g
+        new += reached[c] == 0
+        reached[c] = 1
+    return new
+
+
 # LEAF and CUSTOM have no built-in rule: a CUSTOM node's rule is its Python _backward,
 # which the node's handle holds (HAS_FN), as any node's assigned _backward is.
 

@@ -267,7 +267,10 @@ cdef int descending_backward(node_t root) except -1:
     nodes swept are recorded as the root's order for the cache (if memory allows).
 
     A small graph far above its leaves would make the pass walk many unreached slots; so
-    past a budget of skipped slots (SKIP_SLACK, SKIP_RATIO) the rest goes to hand_over."""
+    past a budget of skipped slots (SKIP_SLACK, SKIP_RATIO) the rest goes to hand_over.
+    A linear row with LEAF_WEIGHTS marks x only: its weights, leaves, have no rule to
+    sweep, and the pass need not go down to them (nor does the order it records hold
+    them)."""
     cdef NodeList done, rest
     cdef node_t i = root, pending = 1, c
     cdef Py_ssize_t budget = SKIP_SLACK, k
@@ -290,7 +293,10 @@ cdef int descending_backward(node_t root) except -1:
                 if tape.op[i] == LOCAL:     # (the fused layers' nodes: one loop, not two)
                     check_node(i)
                     trace(b"rule", i)
-                    pending += local_rule_marking(i, tape.reached)
+                    if tape.flags[i] & LEAF_WEIGHTS:
+                        pending += row_rule_marking(i, tape.reached)
+                    else:
+                        pending += local_rule_marking(i, tape.reached)
                 elif tape.op[i] == LEAF:    # (no rule, no children: parameters, constants)
                     check_node(i)
                     trace(b"rule", i)
@@ -393,6 +399,17 @@ cdef object keep_order(node_t root, NodeList* queue):
         tape.flags[root] |= HAS_ORDER
         tape.cached += queue.size
     return order
+
+
+cdef void forget_orders() noexcept:
+    """Drops every cached order. (An order the descending pass recorded leaves out the
+    leaf weights of linear rows, which have no rule: a leaf given a _backward then must
+    be in the order, so assigning one calls this.)"""
+    cdef node_t i
+    for i in _orders:
+        tape.flags[i] &= ~HAS_ORDER
+    _orders.clear()
+    tape.cached = 0
 
 
 cdef bytes order_of(node_t root):

@@ -267,6 +267,8 @@ cdef class Value(_Handle):
             if tape.op[i] != CUSTOM:
                 tape.overridden += 1
             forget_replays()            # (a replay cannot call it)
+            if tape.op[i] == LEAF:
+                forget_orders()         # (an order may leave leaves out: forget_orders)
         if not PyObject_GC_IsTracked(self):
             PyObject_GC_Track(self)
         if tape.refs[i] > 1 and not tape.flags[i] & PINNED:

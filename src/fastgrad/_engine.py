@@ -6,9 +6,10 @@ or the extension was not built; then `fastgrad.reference` (same API, same semant
 stands in, with a warning in the second case. Each engine module provides the same names:
 `Value` (micrograd's API), `GptValue` (microgpt's: fastgrad.microgpt.Value), `_Params`
 (the optimizers' kernel over a list of parameters), the fused helpers of
-fastgrad.functional (`_linear`, `_rmsnorm`, `_softmax`, `_cross_entropy`), and the
-no_grad hooks `_enter_no_grad`, `_exit_no_grad`, `_is_grad_enabled`. Everything else in fastgrad
-(nn, optim, grad_mode, functional, checks) binds to the engine through this module.
+fastgrad.functional (`_linear`, `_rmsnorm`, `_softmax`, `_cross_entropy`, and `Matrix`,
+weights packed for `_linear`), and the no_grad hooks `_enter_no_grad`, `_exit_no_grad`,
+`_is_grad_enabled`. Everything else in fastgrad (nn, optim, grad_mode, functional,
+checks) binds to the engine through this module.
 """
 from __future__ import annotations
 

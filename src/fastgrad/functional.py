@@ -2,6 +2,7 @@
 `rmsnorm` and `softmax`, and `cross_entropy`.
 
     h = linear(x, w)                 # [sum(wi * xi for wi, xi in zip(row, x)) for row in w]
+    W = matrix(w)                    # w packed once; linear(x, W) is linear(x, w), faster
     h = rmsnorm(h)                   # [xi * (mean(xi * xi) + eps) ** -0.5 for xi in h]
     probs = softmax(logits)          # list of Values summing to 1
     loss = cross_entropy(logits, target)     # -log softmax(logits)[target]
@@ -24,7 +25,7 @@ that may have rounded to 0. At |x| = 1000 both give finite values and gradients.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
 from fastgrad._engine import ENGINES, engine
 from fastgrad.engine import Value
@@ -53,7 +54,7 @@ def _engine_of(values: Sequence[Any]) -> ModuleType:
 def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]]) -> list[Value]:
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w]: one node per row, its
     children the row's weights and x (a number in x becomes a leaf). Every row must have
-    len(x) weights. Attention works through it too: linear(q, keys) gives the logits
+    len(x) weights; w may be a matrix() of them. Attention works through it too: linear(q, keys) gives the logits
     q . k_t, and linear(weights, [[v[j] for v in values] for j ...]) the head's output."""
     try:
         module = _ENGINE_OF[type(w[0][0])]
@@ -63,6 +64,16 @@ def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]]) -> list[Va
             w = [list(r) for r in w]
         module = _engine_of((w[0][0],) if w and w[0] else tuple(x[:1]))
     return module._linear(x, w)
+
+
+def matrix(rows: Iterable[Iterable[Value]]) -> Any:
+    """rows (equally long, non-empty, of Values of one class) packed for linear(): the
+    Values' engine's Matrix, a read-only sequence of the rows as tuples, with `.shape`.
+    linear(x, m) gives what linear(x, rows) gives, but the compiled engine checks and
+    counts its weights once, here, instead of at every call: pack a layer's weights once
+    and pass the Matrix at every step. It holds the Values it was made from."""
+    rows = [tuple(r) for r in rows]
+    return _engine_of(rows[0][:1] if rows else ()).Matrix(rows)
 
 
 def rmsnorm(x: Sequence[Value], eps: float = 1e-5) -> list[Value]:

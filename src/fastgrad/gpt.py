@@ -58,7 +58,9 @@ class GPT:
                                      ('mlp_fc2', n, 4 * n)):
                 self.weights[f'layer{layer}.{name}'] = matrix(rows, cols)
         self.params = [p for mat in self.weights.values() for row in mat for p in row]
-        self.layers = [tuple(self.weights[f'layer{layer}.{name}'] for name in (
+        # the matrices linear() multiplies by, packed once (F.matrix: the same Values)
+        self.lm_head = F.matrix(self.weights['lm_head'])
+        self.layers = [tuple(F.matrix(self.weights[f'layer{layer}.{name}']) for name in (
             'attn_wq', 'attn_wk', 'attn_wv', 'attn_wo', 'mlp_fc1', 'mlp_fc2'))
             for layer in range(self.n_layer)]
         self.relu = Value.relu
@@ -102,7 +104,7 @@ class GPT:
             skip = x
             x = list(map(self.relu, linear(rmsnorm(x), fc1)))
             x = list(map(add, linear(x, fc2), skip))
-        return linear(x, W['lm_head'])
+        return linear(x, self.lm_head)
 
     def loss(self, doc: str) -> Any:
         """The mean cross-entropy of predicting each next token of doc (one graph)."""

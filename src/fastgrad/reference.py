@@ -695,6 +695,52 @@ def _check_handles(vs, kind, what):
             raise TypeError(f"{what} must be Values, not {type(v).__name__!r}")
 
 
+class Matrix:
+    """fastgrad._core.Matrix's twin: rows of Values packed for linear(), with the same
+    checks. Here it is only its rows (a tuple of tuples), which _linear reads as any
+    rows."""
+    __slots__ = ('rows', '_kind')
+
+    def __init__(self, rows):
+        rows = tuple(tuple(row) for row in rows)
+        if not rows:
+            raise ValueError("a Matrix needs at least one row")
+        n = len(rows[0])
+        if n == 0:
+            raise ValueError("a Matrix's rows need at least one Value")
+        for r, row in enumerate(rows):
+            if len(row) != n:
+                raise ValueError(f"Matrix: row {r} has {len(row)} Values, but row 0 has {n}")
+        first = rows[0][0]
+        kind = _handle_class(first, "a Matrix's entries")
+        for row in rows:
+            for v in row:
+                if type(v) is not kind:
+                    if isinstance(v, _Handle):
+                        raise _mixed_kinds(first, v)
+                    raise TypeError(f"a Matrix's entries must be Values, not {type(v).__name__!r}")
+        self.rows, self._kind = rows, kind
+
+    @property
+    def shape(self):
+        return (len(self.rows), len(self.rows[0]))
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, r):
+        return self.rows[r]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __repr__(self):
+        return f"Matrix({len(self.rows)} x {len(self.rows[0])} of {self._kind.__name__})"
+
+    def __reduce__(self):
+        return (Matrix, (self.rows,))
+
+
 def _linear(x, w):
     xs = list(x)
     rows = [list(r) for r in w]
