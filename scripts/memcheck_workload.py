@@ -102,13 +102,16 @@ for V in (Value, GptValue):
     x = [V(0.1 * k - 0.3) for k in range(6)]
     w = [[V(0.05 * (j - k)) for j in range(6)] for k in range(4)]
     h = F.rmsnorm(F.linear(x, w) + [0.5, V(1.0)][1:])
-    logits = F.linear([e.relu() for e in h], [[V(0.2)] * 5 for _ in range(3)])
+    head = F.matrix([[V(0.2 + 0.1 * k) for k in range(5)] for _ in range(3)])
+    logits = F.linear([e.relu() for e in h], head)      # (the chunk holds the Matrix)
+    del head
     loss = F.cross_entropy(logits, 1) + sum(F.softmax(logits)) * 0.1
     loss.backward()
     for fail in range(6):
         _test_fail_allocs(fail)
         for f in (lambda: F.linear([2.0] + x[1:], w), lambda: F.rmsnorm(x),
-                  lambda: F.softmax(x), lambda: F.cross_entropy(x, 0)):
+                  lambda: F.softmax(x), lambda: F.cross_entropy(x, 0),
+                  lambda: F.linear(x, F.matrix(w))):
             try: f()
             except MemoryError: pass
         _test_fail_allocs(-1)

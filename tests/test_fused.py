@@ -440,6 +440,24 @@ def test_linear_over_a_matrix_takes_the_one_pass_backward():
     assert _core._test_scratch_clear()
 
 
+@pytest.mark.parametrize("pack", [F.matrix, list], ids=["matrix", "rows"])
+def test_each_backward_reaches_x_through_any_row(V, pack):
+    # a pass marks a call's x once, at the first of its rows it sweeps: a later backward
+    # from another row of the same call (a new root, so a new pass) reaches x again
+    base = [V(0.2 * k - 0.3) for k in range(4)]
+    x = [b.exp() for b in base]
+    w = [[V(0.1 * (r - k)) for k in range(4)] for r in range(3)]
+    out = F.linear(x, pack(w))
+    for r, scale in ((0, 2.0), (2, -3.0), (1, 0.5)):
+        for b in base:
+            b.grad = 0.0
+        for xi in x:
+            xi.grad = 0.0
+        (out[r] * scale).backward()
+        assert [b.grad for b in base] == pytest.approx(
+            [scale * w[r][k].data * math.exp(base[k].data) for k in range(4)], rel=1e-12)
+
+
 def test_a_leaf_given_a_backward_after_a_backward_has_it_called(V):
     # micrograd's backward() calls every node's _backward, a leaf's too: one given after
     # a first backward() (whose order of the graph is cached, and may leave out the leaf

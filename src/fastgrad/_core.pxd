@@ -116,6 +116,8 @@ cdef struct Tape:
                         # any exist, every backward() takes the sweep that can call Python
     Py_ssize_t cached   # slots held by the cached orders (_orders)
     Py_ssize_t replayed # steps held by the cached replays (_replays)
+    uint64_t passes     # descending passes begun: the stamp with which a pass marks the
+                        # x of a linear call's rows once for all of them (see new_chunk)
     uint64_t epoch      # bumped whenever a live node's value may have changed other than
                         # by push (data assigned, recompute(), an optimizer step): a
                         # replay's derivatives are current while its stamp equals it

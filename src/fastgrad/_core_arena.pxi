@@ -196,12 +196,16 @@ cdef node_t* new_local_block(node_t n) except NULL:
 # the chunk then holds one reference to the Matrix, whose handles hold the weights (its
 # rows count no edge to them). So one row kept alive keeps its call's blocks, x and
 # weights.
+# A descending pass marks x reached when it sweeps the first of a chunk's rows (x lies
+# below them all), and stamps the chunk with the pass, so that the other rows only add
+# to x's grads.
 cdef struct ChunkHeader:
     Py_ssize_t in_use       # how many of its blocks are still in use
     PyObject* matrix        # the Matrix its rows were made from (a reference), or NULL
+    uint64_t marked         # the last descending pass that marked its x (tape.passes)
 
 cdef enum:
-    CHUNK_HEADER = 16       # sizeof(ChunkHeader), a multiple of 8 (the derivatives stay
+    CHUNK_HEADER = 24       # sizeof(ChunkHeader), a multiple of 8 (the derivatives stay
                             # aligned)
 
 
@@ -221,6 +225,7 @@ cdef char* new_chunk(Py_ssize_t blocks, node_t n) except NULL:
     safe_realloc(<void**>&chunk, CHUNK_HEADER // 8 + blocks * words, 8)
     (<ChunkHeader*>chunk).in_use = blocks
     (<ChunkHeader*>chunk).matrix = NULL
+    (<ChunkHeader*>chunk).marked = 0
     for r in range(blocks):
         block = chunk_block(chunk, r, n)
         block[0] = n

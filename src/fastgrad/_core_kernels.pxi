@@ -243,20 +243,30 @@ cdef inline node_t local_rule_marking(node_t i, uint8_t* reached) noexcept nogil
 
 
 cdef inline node_t row_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
-    """local_rule_marking for a linear row with LEAF_WEIGHTS: the same sums in the same
-    order, but only x (the even children) is marked; its weights, leaves, have no rule
-    for the pass to reach."""
+    """local_rule_marking for a row of a linear call (IN_CHUNK): the same sums in the
+    same order, then the marks: the weights (odd children) unless they are leaves
+    (LEAF_WEIGHTS: no rule to reach), and x (even children) only if no row of the chunk
+    has marked it in this pass (ChunkHeader.marked)."""
     cdef node_t* kids = tape.param[i].kids
+    cdef ChunkHeader* chunk = <ChunkHeader*>chunk_of(kids)
     cdef real_t* d = local_grads_of(kids)
     cdef real_t* grad = tape.grad
     cdef real_t g = grad[i]
-    cdef node_t k, c, new = 0
-    for k in range(0, kids[0], 2):
+    cdef node_t n = kids[0], k, c, new = 0
+    for k in range(0, n, 2):
         grad[kids[k + 1]] += d[k] * g
-        c = kids[k + 2]
-        grad[c] += d[k + 1] * g
-        new += reached[c] == 0
-        reached[c] = 1
+        grad[kids[k + 2]] += d[k + 1] * g
+    if not tape.flags[i] & LEAF_WEIGHTS:
+        for k in range(1, n, 2):
+            c = kids[k]
+            new += reached[c] == 0
+            reached[c] = 1
+    if chunk.marked != tape.passes:
+        chunk.marked = tape.passes
+        for k in range(2, n + 1, 2):
+            c = kids[k]
+            new += reached[c] == 0
+            reached[c] = 1
     return new
 
 

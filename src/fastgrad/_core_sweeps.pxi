@@ -268,9 +268,9 @@ cdef int descending_backward(node_t root) except -1:
 
     A small graph far above its leaves would make the pass walk many unreached slots; so
     past a budget of skipped slots (SKIP_SLACK, SKIP_RATIO) the rest goes to hand_over.
-    A linear row with LEAF_WEIGHTS marks x only: its weights, leaves, have no rule to
-    sweep, and the pass need not go down to them (nor does the order it records hold
-    them)."""
+    A linear call's rows mark their x once for all of them (row_rule_marking), and rows
+    with LEAF_WEIGHTS do not mark their weights: leaves have no rule to sweep, and the
+    pass need not go down to them (nor does the order it records hold them)."""
     cdef NodeList done, rest
     cdef node_t i = root, pending = 1, c
     cdef Py_ssize_t budget = SKIP_SLACK, k
@@ -279,6 +279,7 @@ cdef int descending_backward(node_t root) except -1:
     memset(&rest, 0, sizeof(NodeList))
     tape.grad[root] = 1.0
     tape.reached[root] = 1
+    tape.passes += 1
     try:
         while pending:
             if ahead and i >= AHEAD:
@@ -293,7 +294,7 @@ cdef int descending_backward(node_t root) except -1:
                 if tape.op[i] == LOCAL:     # (the fused layers' nodes: one loop, not two)
                     check_node(i)
                     trace(b"rule", i)
-                    if tape.flags[i] & LEAF_WEIGHTS:
+                    if tape.flags[i] & IN_CHUNK:
                         pending += row_rule_marking(i, tape.reached)
                     else:
                         pending += local_rule_marking(i, tape.reached)
