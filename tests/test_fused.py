@@ -421,6 +421,23 @@ def test_the_rows_of_a_matrix_hold_it_and_its_values():
 
 
 @compiled
+def test_a_deep_chain_of_matrices_is_freed():
+    # each Matrix holds the rows of the call before, whose chunk holds the Matrix before
+    # that: dropping the last row frees the whole chain, nested as deep as it is built
+    from fastgrad import _core
+    C = _core.Value
+    gc.collect()
+    base = _core._tape_stats()["live"]
+    out = F.linear([C(1.0)], F.matrix([[C(0.5)]]))
+    for _ in range(200_000):
+        out = F.linear([1.0], F.matrix([out]))
+    out[0].backward()
+    assert out[0].data == 0.5
+    del out
+    assert _core._tape_stats()["live"] == base
+
+
+@compiled
 def test_linear_over_a_matrix_takes_the_one_pass_backward():
     # leaf weights are not marked by the pass (LEAF_WEIGHTS): the grads are still all
     # there, and the graph over nodes in x descends
