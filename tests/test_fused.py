@@ -355,7 +355,7 @@ def test_linear_rows_share_one_allocation_freed_with_the_last_row():
     w = [[C(0.001 * (j + k)) for j in range(200)] for k in range(50)]
     del F.linear(x, w)[:]                 # (the arena grows to its size first)
     gc.collect()
-    blocks = 50 * 2 * 200 * (4 + 8)       # each row's children and derivatives
+    blocks = 50 * 200 * (2 * 4 + 8)       # each row's children and its derivatives by x
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]

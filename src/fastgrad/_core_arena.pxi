@@ -187,15 +187,17 @@ cdef node_t* new_local_block(node_t n) except NULL:
 
 
 # A chunk: the blocks of the rows of one linear call in one allocation, one malloc and
-# one free per call instead of per row. After a header come the blocks, all of one even
-# number n of children (w0, x0, w1, x1, ...); a node whose block lies in a chunk has
-# IN_CHUNK set, and the block's padding word (an even n leaves one after the children,
-# local_grads_offset) holds its index in the chunk. The chunk holds one reference to
-# each x for all its rows (x is every row's), dropped with its last row, when it is
-# freed. Each row holds a reference to its weights, but for rows made from a Matrix:
-# the chunk then holds one reference to the Matrix, whose handles hold the weights (its
-# rows count no edge to them). So one row kept alive keeps its call's blocks, x and
-# weights.
+# one free per call instead of per row. After a header come x's derivatives, d (w x) /
+# d w = x, once for all the rows, then the rows' blocks, all of one even number n of
+# children (w0, x0, w1, x1, ...): a block is a LOCAL block (count, slots, padding) whose
+# derivatives are only the n / 2 by x, the weights' values (row_block_bytes). A node
+# whose block lies in a chunk has IN_CHUNK set, and the block's padding word (an even n
+# leaves one after the children, local_grads_offset) holds its index in the chunk. The
+# chunk holds one reference to each x for all its rows (x is every row's), dropped with
+# its last row, when it is freed. Each row holds a reference to its weights, but for
+# rows made from a Matrix: the chunk then holds one reference to the Matrix, whose
+# handles hold the weights (its rows count no edge to them). So one row kept alive
+# keeps its call's blocks, x and weights.
 # A descending pass marks x reached when it sweeps the first of a chunk's rows (x lies
 # below them all), and stamps the chunk with the pass, so that the other rows only add
 # to x's grads.
@@ -209,20 +211,31 @@ cdef enum:
                             # aligned)
 
 
+cdef inline size_t row_block_bytes(node_t n) noexcept nogil:
+    # (a multiple of 8: local_grads_offset is even)
+    return local_grads_offset(n) * sizeof(node_t) + (n // 2) * sizeof(real_t)
+
+
+cdef inline real_t* chunk_x_grads(char* chunk) noexcept nogil:
+    # d (w x) / d w for each x, the same in every row
+    return <real_t*>(chunk + CHUNK_HEADER)
+
+
 cdef inline node_t* chunk_block(char* chunk, Py_ssize_t r, node_t n) noexcept nogil:
-    return <node_t*>(chunk + CHUNK_HEADER + <size_t>r * local_block_bytes(n))
+    return <node_t*>(chunk + CHUNK_HEADER + (n // 2) * sizeof(real_t) +
+                     <size_t>r * row_block_bytes(n))
 
 
 cdef char* new_chunk(Py_ssize_t blocks, node_t n) except NULL:
-    """A chunk of blocks >= 1 LOCAL blocks of n children (n even), counts and indices set,
+    """A chunk of blocks >= 1 row blocks of n children (n even), counts and indices set,
     slots and derivatives not, and no Matrix."""
-    cdef size_t words = local_block_bytes(n) // 8
+    cdef size_t words = row_block_bytes(n) // 8, head = CHUNK_HEADER // 8 + n // 2
     cdef char* chunk = NULL
     cdef Py_ssize_t r
     cdef node_t* block
-    if <size_t>blocks > ((<size_t>-1) // 16 - CHUNK_HEADER // 8) // words:
+    if <size_t>blocks > ((<size_t>-1) // 16 - head) // words:
         raise MemoryError(f"fastgrad: cannot allocate {blocks} blocks of {n} children")
-    safe_realloc(<void**>&chunk, CHUNK_HEADER // 8 + blocks * words, 8)
+    safe_realloc(<void**>&chunk, head + blocks * words, 8)
     (<ChunkHeader*>chunk).in_use = blocks
     (<ChunkHeader*>chunk).matrix = NULL
     (<ChunkHeader*>chunk).marked = 0
@@ -235,7 +248,8 @@ cdef char* new_chunk(Py_ssize_t blocks, node_t n) except NULL:
 
 cdef inline char* chunk_of(node_t* kids) noexcept nogil:
     # the chunk a block lies in (its node has IN_CHUNK)
-    return <char*>kids - CHUNK_HEADER - <size_t>kids[kids[0] + 1] * local_block_bytes(kids[0])
+    return (<char*>kids - CHUNK_HEADER - (kids[0] // 2) * sizeof(real_t) -
+            <size_t>kids[kids[0] + 1] * row_block_bytes(kids[0]))
 
 
 cdef inline void pin(node_t c) noexcept:

@@ -134,8 +134,8 @@ cdef Py_ssize_t sum_row(PyObject** row, Py_ssize_t n, void* kind, const real_t* 
 
 cdef Py_ssize_t fill_row(PyObject** row, Py_ssize_t n, void* kind, const real_t* xval,
                          const node_t* xslot, node_t* block, real_t* total) noexcept:
-    """sum_row, and the row's node block: children w0, x0, w1, x1, ...; local derivatives
-    x0, w0, x1, w1, ..."""
+    """sum_row, and the row's block (see new_chunk): children w0, x0, w1, x1, ...; local
+    derivatives by x, w0, w1, ..."""
     cdef real_t* value = tape.value
     cdef real_t* d = local_grads_of(block)
     cdef real_t acc = 0.0, wv
@@ -151,8 +151,7 @@ cdef Py_ssize_t fill_row(PyObject** row, Py_ssize_t n, void* kind, const real_t*
         acc = acc + wv * xval[k]
         block[1 + 2 * k] = s
         block[2 + 2 * k] = xslot[k]
-        d[2 * k] = mul_da(xval[k])      # d (w * x) / d w
-        d[2 * k + 1] = mul_db(wv)       # d (w * x) / d x
+        d[k] = mul_db(wv)               # d (w * x) / d x
     total[0] = acc
     return n
 
@@ -217,6 +216,14 @@ cdef Py_ssize_t read_x(list xs, object kind, object first, real_t* xval,
         else:
             raise TypeError(f"linear's x must be Values or numbers, not {type(v).__name__!r}")
     return numbers
+
+
+cdef void set_x_grads(char* chunk, const real_t* xval, Py_ssize_t n) noexcept:
+    # the chunk's derivatives by the weights, d (w * x) / d w = x, for all its rows
+    cdef real_t* dw = chunk_x_grads(chunk)
+    cdef Py_ssize_t k
+    for k in range(n):
+        dw[k] = mul_da(xval[k])
 
 
 cdef Kin hold_x(const real_t* xval, node_t* xslot, Py_ssize_t n) noexcept:
@@ -327,8 +334,7 @@ cdef real_t fill_matrix_row(const node_t* wslot, Py_ssize_t n, const real_t* xva
         acc = acc + wv * xval[k]
         block[1 + 2 * k] = s
         block[2 + 2 * k] = xslot[k]
-        d[2 * k] = mul_da(xval[k])
-        d[2 * k + 1] = mul_db(wv)
+        d[k] = mul_db(wv)
     return acc
 
 
@@ -371,6 +377,7 @@ cdef list linear_of_matrix(list xs, Matrix w):
         reserve(<node_t>(m + numbers))
         if grad:
             chunk = new_chunk(m, <node_t>(2 * n))
+            set_x_grads(chunk, xval, n)
     except BaseException:
         PyMem_Free(chunk)
         PyMem_Free(xval)
@@ -402,8 +409,9 @@ cdef list linear_of_matrix(list xs, Matrix w):
 
 def _linear(x, w):
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w], one LOCAL node per row
-    (children w0, x0, w1, x1, ...; local derivatives x0, w0, x1, w1, ...). A number in x
-    becomes a leaf, shared by the rows. The rows' blocks are one chunk (new_chunk).
+    (children w0, x0, w1, x1, ...; local derivatives x0, w0, x1, w1, ..., the x's kept
+    once in the chunk). A number in x becomes a leaf, shared by the rows. The rows'
+    blocks are one chunk (new_chunk).
 
     Every row has the same x, so x's share of the bookkeeping is done once per call:
     the rows' chunk holds one reference to each x for them all, and x's flags are read
@@ -441,6 +449,7 @@ def _linear(x, w):
         reserve(<node_t>(m + numbers))
         if grad:
             chunk = new_chunk(m, <node_t>(2 * n))
+            set_x_grads(chunk, xval, n)
         # one pass per row: check each weight, sum the row, fill its node's block
         for r in range(m):
             row = <list>rows[r]

@@ -221,7 +221,10 @@ cdef inline void powv_rule(node_t i) noexcept nogil:
 # Value(data, children, local_grads), and the fused helpers of fastgrad.functional); its
 # maker computed its value, and nothing re-evaluates it. kids = [n, c1 .. cn], then d1 .. dn
 cdef inline void local_rule(node_t i) noexcept nogil:
-    local_rule_marking(i, NULL)
+    if tape.flags[i] & IN_CHUNK:
+        row_rule_marking(i, NULL)
+    else:
+        local_rule_marking(i, NULL)
 
 
 cdef inline node_t local_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
@@ -243,19 +246,24 @@ cdef inline node_t local_rule_marking(node_t i, uint8_t* reached) noexcept nogil
 
 
 cdef inline node_t row_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
-    """local_rule_marking for a row of a linear call (IN_CHUNK): the same sums in the
-    same order, then the marks: the weights (odd children) unless they are leaves
-    (LEAF_WEIGHTS: no rule to reach), and x (even children) only if no row of the chunk
-    has marked it in this pass (ChunkHeader.marked)."""
+    """The rule of a row of a linear call (IN_CHUNK), whose derivatives by its weights
+    are its chunk's (x's values) and those by x its own: the same sums in the same order
+    as a LOCAL node's. With reached (the descending pass), the marks: the weights (odd
+    children) unless they are leaves (LEAF_WEIGHTS: no rule to reach), and x (even
+    children) only if no row of the chunk has marked it in this pass
+    (ChunkHeader.marked)."""
     cdef node_t* kids = tape.param[i].kids
     cdef ChunkHeader* chunk = <ChunkHeader*>chunk_of(kids)
-    cdef real_t* d = local_grads_of(kids)
+    cdef real_t* dw = chunk_x_grads(<char*>chunk)
+    cdef real_t* dx = local_grads_of(kids)
     cdef real_t* grad = tape.grad
     cdef real_t g = grad[i]
     cdef node_t n = kids[0], k, c, new = 0
-    for k in range(0, n, 2):
-        grad[kids[k + 1]] += d[k] * g
-        grad[kids[k + 2]] += d[k + 1] * g
+    for k in range(n // 2):
+        grad[kids[2 * k + 1]] += dw[k] * g
+        grad[kids[2 * k + 2]] += dx[k] * g
+    if reached == NULL:
+        return 0
     if not tape.flags[i] & LEAF_WEIGHTS:
         for k in range(1, n, 2):
             c = kids[k]
@@ -416,6 +424,7 @@ cdef tuple local_grads(node_t i):
     cdef node_t a = tape.lhs[i], b = tape.rhs[i], k
     cdef node_t* kids
     cdef real_t* d
+    cdef real_t* dw
     if o == LEAF:
         return ()
     elif o == ADD:
@@ -450,6 +459,9 @@ cdef tuple local_grads(node_t i):
     elif o == LOCAL:
         kids = tape.param[i].kids
         d = local_grads_of(kids)
+        if tape.flags[i] & IN_CHUNK:        # (w0, x0, w1, x1, ...: see row_rule_marking)
+            dw = chunk_x_grads(chunk_of(kids))
+            return tuple([dw[k // 2] if k % 2 == 0 else d[k // 2] for k in range(kids[0])])
         return tuple([d[k] for k in range(kids[0])])
     elif o == CUSTOM:                   # (no built-in rule: it adds nothing)
         kids = tape.param[i].kids
