@@ -45,12 +45,14 @@ print(f"{loss.data:.4f}", engine, grads, len(children), op)
 
 # beyond micrograd
 from fastgrad import gradcheck, no_grad
-from fastgrad.functional import cross_entropy, softmax
+from fastgrad.functional import cross_entropy, linear, matrix, softmax
 from fastgrad.viz import trace
 
 z = a.log() + a.sigmoid() + a.sqrt() + abs(b) + a ** b + 2 ** a
 probs: list[Value] = softmax([a, b, z])
 ce: Value = cross_entropy([a, b, z], 1)
+W = matrix([[a, b], [b, z]])
+hidden: list[Value] = linear([a, 2.0], W)
 with no_grad():
     frozen: Value = a * b
 ok: bool = gradcheck(lambda x, y: (x * y).tanh(), [0.3, 0.4])
