@@ -146,6 +146,8 @@ def test_a_matrix_is_a_read_only_sequence_of_its_rows(V):
         [[v.data for v in r] for r in W]
     with pytest.raises(TypeError):
         W[0] = (V(1.0),) * 3
+    with pytest.raises(AttributeError):
+        W.rows = ()
 
 
 @pytest.mark.parametrize("rows, error, match", [

@@ -54,8 +54,9 @@ def _engine_of(values: Sequence[Any]) -> ModuleType:
 def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]]) -> list[Value]:
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w]: one node per row, its
     children the row's weights and x (a number in x becomes a leaf). Every row must have
-    len(x) weights; w may be a matrix() of them. Attention works through it too: linear(q, keys) gives the logits
-    q . k_t, and linear(weights, [[v[j] for v in values] for j ...]) the head's output."""
+    len(x) weights; w may be a matrix() of them. Attention works through it too:
+    linear(q, keys) gives the logits q . k_t, and
+    linear(weights, [[v[j] for v in values] for j ...]) the head's output."""
     try:
         module = _ENGINE_OF[type(w[0][0])]
     except (LookupError, TypeError):        # no rows, an empty row, rows not indexable

@@ -5,8 +5,9 @@ heads, 16 positions, a ReLU MLP, a KV cache, trained one name per step with Adam
 0.85 and 0.99, eps 1e-8, lr 0.01 decaying linearly to 0), then sampled at temperature
 0.5. Here each layer is one call of fastgrad.functional (linear, rmsnorm, softmax,
 cross_entropy), which builds its nodes in C, over weight matrices packed once
-(functional.matrix), and fastgrad.optim.Adam updates the parameters in a C loop. Seeded the same way, it draws the same weights as the
-pure-Python script and trains along its loss curve to rounding.
+(functional.matrix), and fastgrad.optim.Adam updates the parameters in a C loop.
+Seeded the same way, it draws the same weights as the pure-Python script and trains
+along its loss curve to rounding.
 
     gpt = GPT()                        # random.seed(seed), the names shuffled, weights drawn
     for step in range(1000):

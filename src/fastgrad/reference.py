@@ -699,7 +699,7 @@ class Matrix:
     """fastgrad._core.Matrix's twin: rows of Values packed for linear(), with the same
     checks. Here it is only its rows (a tuple of tuples), which _linear reads as any
     rows."""
-    __slots__ = ('rows', '_kind')
+    __slots__ = ('_rows', '_kind')
 
     def __init__(self, rows):
         rows = tuple(tuple(row) for row in rows)
@@ -719,26 +719,30 @@ class Matrix:
                     if isinstance(v, _Handle):
                         raise _mixed_kinds(first, v)
                     raise TypeError(f"a Matrix's entries must be Values, not {type(v).__name__!r}")
-        self.rows, self._kind = rows, kind
+        self._rows, self._kind = rows, kind
+
+    @property
+    def rows(self):
+        return self._rows
 
     @property
     def shape(self):
-        return (len(self.rows), len(self.rows[0]))
+        return (len(self._rows), len(self._rows[0]))
 
     def __len__(self):
-        return len(self.rows)
+        return len(self._rows)
 
     def __getitem__(self, r):
-        return self.rows[r]
+        return self._rows[r]
 
     def __iter__(self):
-        return iter(self.rows)
+        return iter(self._rows)
 
     def __repr__(self):
-        return f"Matrix({len(self.rows)} x {len(self.rows[0])} of {self._kind.__name__})"
+        return f"Matrix({len(self._rows)} x {len(self._rows[0])} of {self._kind.__name__})"
 
     def __reduce__(self):
-        return (Matrix, (self.rows,))
+        return (Matrix, (self._rows,))
 
 
 def _linear(x, w):
