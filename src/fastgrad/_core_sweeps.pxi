@@ -295,7 +295,7 @@ cdef int descending_backward(node_t root) except -1:
                     check_node(i)
                     trace(b"rule", i)
                     if tape.flags[i] & IN_CHUNK:
-                        pending += row_rule_marking(i, tape.reached)
+                        pending += row_rule_out_of_line(i, tape.reached)
                     else:
                         pending += local_rule_marking(i, tape.reached)
                 elif tape.op[i] == LEAF:    # (no rule, no children: parameters, constants)
