@@ -35,14 +35,20 @@ cdef inline void check_node(node_t i) noexcept nogil:
 
 # --------------------------------------------------------------------------- memory
 
-cdef int safe_realloc(void** p, size_t nelems, size_t elsize) except -1:
-    """Resizes *p to nelems elements. On failure raises MemoryError and leaves *p as it was."""
+cdef inline int count_allocation() except -1:
+    # every allocation of the engine's own calls this first (see _test_fail_allocs)
     global _allocs_until_failure
-    cdef void* q
     if _allocs_until_failure == 0:
         raise MemoryError("fastgrad: simulated allocation failure")
     if _allocs_until_failure > 0:
         _allocs_until_failure -= 1
+    return 0
+
+
+cdef int safe_realloc(void** p, size_t nelems, size_t elsize) except -1:
+    """Resizes *p to nelems elements. On failure raises MemoryError and leaves *p as it was."""
+    cdef void* q
+    count_allocation()
     if nelems > (<size_t>-1) // elsize // 2:
         raise MemoryError(f"fastgrad: cannot allocate {nelems} elements")
     q = PyMem_Realloc(p[0], nelems * elsize)
@@ -59,6 +65,41 @@ cdef int realloc_with_front(void** p, size_t nelems, size_t elsize) except -1:
     safe_realloc(<void**>&block, nelems + 1, elsize)
     p[0] = block + elsize
     return 0
+
+
+cdef int remap_scratch(void** p, size_t old_capacity, size_t capacity, size_t elsize) except -1:
+    """Replaces the scratch array *p of old_capacity elements (NULL if none) by one of
+    capacity elements, all 0, with one more element in front (*p points past it, so that
+    index -1 is the array's own scratch element). Its pages are fresh anonymous memory,
+    which takes no room until written: only the slots a pass reaches ever cost memory.
+    The old contents are dropped: the tape grows outside every pass, when the scratch of
+    each slot is 0 (the caller sets the front element again). On failure raises
+    MemoryError and leaves *p as it was."""
+    cdef void* block
+    count_allocation()
+    if capacity > (<size_t>-1) // elsize // 2:
+        raise MemoryError(f"fastgrad: cannot allocate {capacity} elements")
+    block = mmap(NULL, (capacity + 1) * elsize, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if block == MAP_FAILED:
+        raise MemoryError(f"fastgrad: cannot allocate {(capacity + 1) * elsize} bytes")
+    if p[0] != NULL:
+        munmap(<char*>p[0] - elsize, (old_capacity + 1) * elsize)
+    p[0] = <char*>block + elsize
+    return 0
+
+
+cdef bint scratch_clear() noexcept:
+    # the passes' scratch as it is outside a pass (see the Tape invariants)
+    cdef node_t j
+    if tape.capacity and (tape.parents_left[NO_NODE] != NO_PARENTS or tape.reached[NO_NODE] != 1):
+        return False
+    for j in range(tape.size):
+        if tape.parents_left[j] != 0 or tape.reached[j]:
+            return False
+        if tape.replay_level != NULL and tape.replay_level[j] != 0:
+            return False
+    return True
 
 
 cdef int grow(node_t needed) except -1:
@@ -81,15 +122,14 @@ cdef int grow(node_t needed) except -1:
     safe_realloc(<void**>&tape.lhs, cap, sizeof(node_t))
     safe_realloc(<void**>&tape.rhs, cap, sizeof(node_t))
     safe_realloc(<void**>&tape.refs, cap, sizeof(int32_t))
-    realloc_with_front(<void**>&tape.parents_left, cap, sizeof(int32_t))
+    if DEBUG:                           # (an O(size) check)
+        invariant(scratch_clear(), b"the tape grows outside every pass")
+    remap_scratch(<void**>&tape.parents_left, old, cap, sizeof(int32_t))
     tape.parents_left[NO_NODE] = NO_PARENTS
-    realloc_with_front(<void**>&tape.reached, cap, sizeof(uint8_t))
+    remap_scratch(<void**>&tape.reached, old, cap, sizeof(uint8_t))
     tape.reached[NO_NODE] = 1
     if tape.replay_level != NULL:       # (made by the first replay: grow_replay_levels)
-        safe_realloc(<void**>&tape.replay_level, cap, sizeof(uint8_t))
-    # The scratch arrays are not cleared here: push clears a slot's scratch when it hands
-    # the slot out for the first time, so the pages above size are never touched (a
-    # doubling would otherwise make 5 bytes per slot of the new half resident at once).
+        remap_scratch(<void**>&tape.replay_level, old, cap, sizeof(uint8_t))
     safe_realloc(<void**>&tape.op, cap, sizeof(uint8_t))
     safe_realloc(<void**>&tape.flags, cap, sizeof(uint16_t))
     safe_realloc(<void**>&tape.handle, cap, sizeof(PyObject*))
@@ -118,8 +158,7 @@ cdef int grow_replay_levels() except -1:
     """Makes replay_level, which only replays use (so a process that never replays does
     not pay its byte per slot); from then on grow() keeps it as long as the others."""
     if tape.replay_level == NULL and tape.capacity > 0:
-        safe_realloc(<void**>&tape.replay_level, tape.capacity, sizeof(uint8_t))
-        memset(tape.replay_level, 0, tape.size * sizeof(uint8_t))
+        remap_scratch(<void**>&tape.replay_level, 0, tape.capacity, sizeof(uint8_t))
     return 0
 
 
@@ -293,11 +332,7 @@ cdef inline node_t push_above(uint8_t op, real_t value, node_t lhs, node_t rhs,
             i = take_lowest_free()
     if i < 0:
         i = tape.size
-        tape.size += 1
-        tape.parents_left[i] = 0        # (the scratch of a slot above size is undefined)
-        tape.reached[i] = 0
-        if tape.replay_level != NULL:
-            tape.replay_level[i] = 0
+        tape.size += 1                  # (its scratch is 0 already: see remap_scratch)
     tape.value[i] = value
     tape.grad[i] = 0.0
     tape.lhs[i] = lhs

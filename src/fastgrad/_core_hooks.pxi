@@ -72,15 +72,7 @@ def _test_replay_saves(_Handle v):
 def _test_scratch_clear():
     """Whether the passes' scratch state is clear, as outside a pass: every parent count
     0 and nothing marked reached (the sentinels intact), every replay level 0."""
-    cdef node_t j
-    if tape.capacity and (tape.parents_left[NO_NODE] != NO_PARENTS or tape.reached[NO_NODE] != 1):
-        return False
-    for j in range(tape.size):
-        if tape.parents_left[j] != 0 or tape.reached[j]:
-            return False
-        if tape.replay_level != NULL and tape.replay_level[j] != 0:
-            return False
-    return True
+    return scratch_clear()
 
 
 def _test_debug_build():
