@@ -308,6 +308,39 @@ def test_bad_input_changes_nothing(V, call, error):
 
 
 @compiled
+def test_the_helpers_are_the_compiled_entry_points():
+    # on the compiled engine functional's dispatch is done in C: its four names are the
+    # engine's entry points, named and documented as the Python functions they stand for,
+    # which still take what the entry points do not (the reference's Values, bad input)
+    import inspect
+    from fastgrad import _core
+    for name in ("linear", "rmsnorm", "softmax", "cross_entropy"):
+        f = getattr(F, name)
+        assert f is getattr(_core, "_fast_" + name)
+        assert (f.__name__, f.__module__) == (name, "fastgrad.functional")
+        assert f.__doc__ and f.__annotations__
+    assert list(inspect.signature(F.rmsnorm).parameters) == ["x", "eps"]
+    assert inspect.signature(F.rmsnorm).parameters["eps"].default == 1e-5
+    for V in (reference.Value, reference.GptValue):
+        x = [V(0.5), V(-1.5)]
+        outs = (F.linear(x, [[V(2.0), V(3.0)]]), F.rmsnorm(x), F.softmax(x),
+                [F.cross_entropy(x, -1)])
+        assert all(type(v) is V for out in outs for v in out)
+    for V in (_core.Value, _core.GptValue):
+        x = [V(0.5), V(-1.5)]
+        w = [[V(2.0), V(3.0)]]
+        assert F.linear(x, w)[0].data == _core._linear(x, w)[0].data == -3.5
+        assert F.linear(x, F.matrix(w))[0].data == -3.5
+        assert F.cross_entropy(x, -2).data == _core._cross_entropy(x, 0).data
+        with pytest.raises(TypeError, match="target must be an int"):
+            F.cross_entropy(x, True)
+        with pytest.raises(IndexError, match="out of range"):
+            F.cross_entropy(x, 2)
+        with pytest.raises(ValueError, match="row 0 of w has 2 weights, but x has 1"):
+            F.linear(x[:1], w)
+
+
+@compiled
 def test_linear_over_nodes_with_a_python_backward():
     # linear adds x's references once per call and reads its children's flags as it sums
     # the rows: a child with a Python _backward (in x, and twice among the weights) is

@@ -407,7 +407,7 @@ cdef list linear_of_matrix(list xs, Matrix w):
     return out
 
 
-def _linear(x, w):
+cdef object linear_layer(object x, object w):
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w], one LOCAL node per row
     (children w0, x0, w1, x1, ...; local derivatives x0, w0, x1, w1, ..., the x's kept
     once in the chunk). A number in x becomes a leaf, shared by the rows. The rows'
@@ -501,7 +501,7 @@ def _linear(x, w):
     return out
 
 
-def _rmsnorm(x, eps):
+cdef object rmsnorm_layer(object x, object eps):
     """ms = sum(xi * xi for xi in x) / len(x); scale = (ms + eps) ** -0.5;
     [xi * scale for xi in x]: scale is one LOCAL node over x, each output a '*' node."""
     cdef list xs = list(x)             # (a copy: see the note at the top)
@@ -573,7 +573,7 @@ cdef real_t shifted_exps(real_t* xv, Py_ssize_t n, real_t* e) except? -1.0:
     return total
 
 
-def _softmax(logits):
+cdef object softmax_layer(object logits):
     """m = max(v.data for v in logits); exps = [(v - m).exp() for v in logits];
     total = sum(exps); [e / total for e in exps]: total is one LOCAL node over the logits
     (d total / d x_k = e_k), each output a LOCAL node over (x_k, total)."""
@@ -631,7 +631,7 @@ def _softmax(logits):
     return out
 
 
-def _cross_entropy(logits, Py_ssize_t target):
+cdef object cross_entropy_layer(object logits, Py_ssize_t target):
     """-log softmax(logits)[target] as log(sum(exps)) - (x_target - m), one LOCAL node over
     the logits: d / d x_k = e_k / total, less 1 at the target. target is in range."""
     cdef list xs = list(logits)        # (a copy: see the note at the top)
@@ -667,3 +667,88 @@ def _cross_entropy(logits, Py_ssize_t target):
         d[k] = exp_da(xv[n + k]) * inv - (1.0 if k == target else 0.0)
     PyMem_Free(xv)
     return attach(h, push_local(block, loss))
+
+
+# ------------------------------------------------------------------ entry points
+
+# The engine's API for fastgrad.functional's dispatch (each engine module has these four).
+def _linear(x, w):
+    return linear_layer(x, w)
+
+
+def _rmsnorm(x, eps):
+    return rmsnorm_layer(x, eps)
+
+
+def _softmax(logits):
+    return softmax_layer(logits)
+
+
+def _cross_entropy(logits, Py_ssize_t target):
+    return cross_entropy_layer(logits, target)
+
+
+# fastgrad.functional's helpers themselves, on the compiled engine. functional's Python
+# functions pick each call's engine from its first Value and check cross_entropy's
+# target: ~940 instructions a call (callgrind), a quarter of a small linear's cost, paid
+# 184 times in a microgpt step. These take this engine's Values (and a Matrix) straight
+# to the layer, and anything else (the reference's Values, bad input) to functional's
+# functions, which pick the engine or raise the error: the same results and errors, as
+# the layers are the ones those functions call. functional installs them (_fast_helpers).
+cdef object _generic_linear = None, _generic_rmsnorm = None
+cdef object _generic_softmax = None, _generic_cross_entropy = None
+
+
+cdef inline bint is_value(object v) noexcept:
+    return type(v) is Value or type(v) is GptValue
+
+
+cdef inline bint starts_with_value(object seq) noexcept:
+    # whether seq is a non-empty list or tuple whose first item is this engine's Value
+    if type(seq) is list:
+        return len(<list>seq) > 0 and is_value((<list>seq)[0])
+    if type(seq) is tuple:
+        return len(<tuple>seq) > 0 and is_value((<tuple>seq)[0])
+    return False
+
+
+def _fast_linear(x, w):
+    if type(w) is Matrix or (type(w) is list and len(<list>w) > 0 and
+                             starts_with_value((<list>w)[0])):
+        return linear_layer(x, w)
+    return _generic_linear(x, w)
+
+
+def _fast_rmsnorm(x, eps=1e-5):
+    if starts_with_value(x):
+        return rmsnorm_layer(x, eps)
+    return _generic_rmsnorm(x, eps)
+
+
+def _fast_softmax(logits):
+    if starts_with_value(logits):
+        return softmax_layer(logits)
+    return _generic_softmax(logits)
+
+
+def _fast_cross_entropy(logits, target):
+    cdef Py_ssize_t n
+    if type(target) is int and starts_with_value(logits):
+        n = len(logits)
+        if -n <= target < n:
+            return cross_entropy_layer(logits, target % n)
+    return _generic_cross_entropy(logits, target)
+
+
+def _fast_helpers(linear, rmsnorm, softmax, cross_entropy):
+    """The compiled entry points of fastgrad.functional's linear, rmsnorm, softmax and
+    cross_entropy, which hand what they do not take to the functions given; they are
+    given those functions' names, docstrings and annotations."""
+    global _generic_linear, _generic_rmsnorm, _generic_softmax, _generic_cross_entropy
+    _generic_linear, _generic_rmsnorm = linear, rmsnorm
+    _generic_softmax, _generic_cross_entropy = softmax, cross_entropy
+    fast = (_fast_linear, _fast_rmsnorm, _fast_softmax, _fast_cross_entropy)
+    for entry, generic in zip(fast, (linear, rmsnorm, softmax, cross_entropy)):
+        for name in ("__name__", "__qualname__", "__module__", "__doc__", "__annotations__"):
+            setattr(entry, name, getattr(generic, name))
+    return fast

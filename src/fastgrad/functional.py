@@ -25,8 +25,9 @@ that may have rounded to 0. At |x| = 1000 both give finite values and gradients.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
+from fastgrad import reference
 from fastgrad._engine import ENGINES, engine
 from fastgrad.engine import Value
 
@@ -47,9 +48,11 @@ def _engine_of(values: Sequence[Any]) -> ModuleType:
     return engine
 
 
-# Each helper looks its engine up from its first Value's type, in a try block: that costs
-# next to nothing when it succeeds, and the helpers are called once per layer, so their
-# Python is per-call overhead (measured by the microgpt benchmark's overhead table).
+# Each helper looks its engine up from its first Value's type, in a try block. Where the
+# compiled engine is there, the names are then given to its entry points (see the end),
+# which do that lookup in C and call these functions for anything else: the helpers are
+# called once per layer, so this Python was per-call overhead (the microgpt benchmark's
+# overhead table measures it).
 
 def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]]) -> list[Value]:
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w]: one node per row, its
@@ -109,3 +112,11 @@ def cross_entropy(logits: Sequence[Value], target: int) -> Value:
     except (LookupError, TypeError):
         module = _engine_of(logits[:1])
     return module._cross_entropy(logits, target % len(logits))
+
+
+# where the compiled engine is the chosen one, its entry points in place of the four
+# helpers: the dispatch above, done in C, with the same results and errors (anything
+# not its own goes to the functions above)
+if not TYPE_CHECKING and engine is not reference:
+    linear, rmsnorm, softmax, cross_entropy = engine._fast_helpers(
+        linear, rmsnorm, softmax, cross_entropy)
