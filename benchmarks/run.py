@@ -148,10 +148,13 @@ def memory(available, only, script=MEMORY_SCRIPT, what="memory"):
 
 
 SCALE_SCRIPT = r"""
-import gc, json, resource, sys, time
+import gc, json, sys, time
 from fastgrad._core import Value, _tape_stats
 def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # this process's own high-water mark (getrusage's ru_maxrss would also count the
+    # resident memory of the benchmark process it was forked from, kept across exec)
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith('VmHWM:')) / 1024
 phases = {}
 def timed(name, f):
     t = time.perf_counter()
