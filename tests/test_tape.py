@@ -296,8 +296,10 @@ print("ok")
 """
 
 
+# grow() reallocates nine arrays and the free-slot tree's six levels, then maps the
+# passes' two scratch arrays (allocations 15 and 16)
 @compiled
-@pytest.mark.parametrize("fail_after", [0, 3, 6, 9])   # grow() reallocates ten arrays
+@pytest.mark.parametrize("fail_after", [0, 3, 6, 9, 15, 16])
 def test_failed_growth_raises_memoryerror_and_keeps_the_graph(fail_after):
     fresh(GROWTH_FAILURE.format(fail_after=fail_after))
 

@@ -84,7 +84,7 @@ ctypedef union param_t:
 #     two children needs no branch for a missing one;
 #   - the scratch state of the passes is clear outside them: parents_left[i] == 0,
 #     reached[i] == 0, replay_level[i] == 0 for every i < size (checked by
-#     _test_scratch_clear), and above size too (fresh pages: see remap_scratch).
+#     _test_scratch_clear), and above size too (fresh pages: see map_scratch).
 cdef struct Tape:
     real_t* value       # value[i]: the node's data (forward result)
     real_t* grad        # grad[i]: d(root)/d(node), accumulated by the reverse sweep;

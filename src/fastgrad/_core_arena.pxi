@@ -67,14 +67,11 @@ cdef int realloc_with_front(void** p, size_t nelems, size_t elsize) except -1:
     return 0
 
 
-cdef int remap_scratch(void** p, size_t old_capacity, size_t capacity, size_t elsize) except -1:
-    """Replaces the scratch array *p of old_capacity elements (NULL if none) by one of
-    capacity elements, all 0, with one more element in front (*p points past it, so that
-    index -1 is the array's own scratch element). Its pages are fresh anonymous memory,
-    which takes no room until written: only the slots a pass reaches ever cost memory.
-    The old contents are dropped: the tape grows outside every pass, when the scratch of
-    each slot is 0 (the caller sets the front element again). On failure raises
-    MemoryError and leaves *p as it was."""
+cdef char* map_scratch(size_t capacity, size_t elsize) except NULL:
+    """A scratch array of capacity elements, all 0, with one more element in front (the
+    pointer returned points past it, so that index -1 is the array's own scratch
+    element). Its pages are fresh anonymous memory, which takes no room until written:
+    only the slots a pass reaches ever cost memory."""
     cdef void* block
     count_allocation()
     if capacity > (<size_t>-1) // elsize // 2:
@@ -83,10 +80,13 @@ cdef int remap_scratch(void** p, size_t old_capacity, size_t capacity, size_t el
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if block == MAP_FAILED:
         raise MemoryError(f"fastgrad: cannot allocate {(capacity + 1) * elsize} bytes")
-    if p[0] != NULL:
-        munmap(<char*>p[0] - elsize, (old_capacity + 1) * elsize)
-    p[0] = <char*>block + elsize
-    return 0
+    return <char*>block + elsize
+
+
+cdef void unmap_scratch(void* p, size_t capacity, size_t elsize) noexcept:
+    # gives back a scratch array from map_scratch (NULL: none)
+    if p != NULL:
+        munmap(<char*>p - elsize, (capacity + 1) * elsize)
 
 
 cdef bint scratch_clear() noexcept:
@@ -106,6 +106,9 @@ cdef int grow(node_t needed) except -1:
     """Grows every tape array to hold at least `needed` slots (doubling)."""
     cdef size_t cap = tape.capacity if tape.capacity > 0 else 1024
     cdef size_t old = tape.capacity, words, old_words
+    cdef char* left = NULL
+    cdef char* reached = NULL
+    cdef char* levels = NULL
     cdef int k
     while cap < <size_t>needed:
         cap *= 2
@@ -122,14 +125,6 @@ cdef int grow(node_t needed) except -1:
     safe_realloc(<void**>&tape.lhs, cap, sizeof(node_t))
     safe_realloc(<void**>&tape.rhs, cap, sizeof(node_t))
     safe_realloc(<void**>&tape.refs, cap, sizeof(int32_t))
-    if DEBUG:                           # (an O(size) check)
-        invariant(scratch_clear(), b"the tape grows outside every pass")
-    remap_scratch(<void**>&tape.parents_left, old, cap, sizeof(int32_t))
-    tape.parents_left[NO_NODE] = NO_PARENTS
-    remap_scratch(<void**>&tape.reached, old, cap, sizeof(uint8_t))
-    tape.reached[NO_NODE] = 1
-    if tape.replay_level != NULL:       # (made by the first replay: grow_replay_levels)
-        remap_scratch(<void**>&tape.replay_level, old, cap, sizeof(uint8_t))
     safe_realloc(<void**>&tape.op, cap, sizeof(uint8_t))
     safe_realloc(<void**>&tape.flags, cap, sizeof(uint16_t))
     safe_realloc(<void**>&tape.handle, cap, sizeof(PyObject*))
@@ -145,6 +140,28 @@ cdef int grow(node_t needed) except -1:
     tape.free_levels = 1                # (the levels above the first one-word one repeat its bit)
     while tape.free_map_words[tape.free_levels - 1] > 1:
         tape.free_levels += 1
+    # The passes' scratch last, all of it or none, so that each array is as long as
+    # `capacity` says. It is made anew rather than copied: the tape grows outside every
+    # pass, when the scratch of every slot is 0.
+    if DEBUG:                           # (an O(size) check)
+        invariant(scratch_clear(), b"the tape grows outside every pass")
+    try:
+        left = map_scratch(cap, sizeof(int32_t))
+        reached = map_scratch(cap, sizeof(uint8_t))
+        if tape.replay_level != NULL:   # (made by the first replay: grow_replay_levels)
+            levels = map_scratch(cap, sizeof(uint8_t))
+    except BaseException:
+        unmap_scratch(left, cap, sizeof(int32_t))
+        unmap_scratch(reached, cap, sizeof(uint8_t))
+        raise
+    unmap_scratch(tape.parents_left, old, sizeof(int32_t))
+    unmap_scratch(tape.reached, old, sizeof(uint8_t))
+    unmap_scratch(tape.replay_level, old, sizeof(uint8_t))
+    tape.parents_left, tape.reached = <int32_t*>left, <uint8_t*>reached
+    tape.parents_left[NO_NODE] = NO_PARENTS
+    tape.reached[NO_NODE] = 1
+    if levels != NULL:
+        tape.replay_level = <uint8_t*>levels
     tape.capacity = <node_t>cap
     return 0
 
@@ -158,7 +175,7 @@ cdef int grow_replay_levels() except -1:
     """Makes replay_level, which only replays use (so a process that never replays does
     not pay its byte per slot); from then on grow() keeps it as long as the others."""
     if tape.replay_level == NULL and tape.capacity > 0:
-        remap_scratch(<void**>&tape.replay_level, 0, tape.capacity, sizeof(uint8_t))
+        tape.replay_level = <uint8_t*>map_scratch(tape.capacity, sizeof(uint8_t))
     return 0
 
 
@@ -332,7 +349,7 @@ cdef inline node_t push_above(uint8_t op, real_t value, node_t lhs, node_t rhs,
             i = take_lowest_free()
     if i < 0:
         i = tape.size
-        tape.size += 1                  # (its scratch is 0 already: see remap_scratch)
+        tape.size += 1                  # (its scratch is 0 already: see map_scratch)
     tape.value[i] = value
     tape.grad[i] = 0.0
     tape.lhs[i] = lhs
