@@ -27,8 +27,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
-from fastgrad import reference
-from fastgrad._engine import ENGINES, engine
+from fastgrad._engine import ENGINE, ENGINES, engine
 from fastgrad.engine import Value
 
 Number = Union[int, float]
@@ -49,10 +48,10 @@ def _engine_of(values: Sequence[Any]) -> ModuleType:
 
 
 # Each helper looks its engine up from its first Value's type, in a try block. Where the
-# compiled engine is there, the names are then given to its entry points (see the end),
-# which do that lookup in C and call these functions for anything else: the helpers are
-# called once per layer, so this Python was per-call overhead (the microgpt benchmark's
-# overhead table measures it).
+# compiled engine is the chosen one, the names are then given to its entry points (see
+# the end), which do that lookup in C and call these functions for anything else: the
+# helpers are called once per layer, so this Python was per-call overhead (the microgpt
+# benchmark's overhead table measures it).
 
 def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]]) -> list[Value]:
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w]: one node per row, its
@@ -117,6 +116,6 @@ def cross_entropy(logits: Sequence[Value], target: int) -> Value:
 # where the compiled engine is the chosen one, its entry points in place of the four
 # helpers: the dispatch above, done in C, with the same results and errors (anything
 # not its own goes to the functions above)
-if not TYPE_CHECKING and engine is not reference:
+if not TYPE_CHECKING and ENGINE == "compiled":
     linear, rmsnorm, softmax, cross_entropy = engine._fast_helpers(
         linear, rmsnorm, softmax, cross_entropy)
