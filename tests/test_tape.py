@@ -51,18 +51,22 @@ print("ok")
 """)
 
 
-@compiled
-@pytest.mark.unsanitized
-def test_growth_does_not_touch_the_new_half():
-    # A doubling reallocates every array, but only the slots handed out are written: the
-    # passes' scratch (5 bytes a slot) is cleared slot by slot as push first hands a slot
-    # out, not for the whole new capacity at once. Growing 2**20 -> 2**21 slots used to
-    # make ~5 MB resident on the spot.
-    fresh("""
+# rss(): the resident memory of a fresh interpreter, in bytes
+RSS = """
 import resource
 def rss():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * resource.getpagesize()
+"""
+
+
+@compiled
+@pytest.mark.unsanitized
+def test_growth_does_not_touch_the_new_half():
+    # A doubling reallocates every array, but only the slots handed out are written (the
+    # passes' scratch is fresh pages that only a pass writes), not the whole new capacity
+    # at once. Growing 2**20 -> 2**21 slots used to make ~5 MB resident on the spot.
+    fresh(RSS + """
 x = y = Value(1.0)
 while _tape_stats()["capacity"] < 2**20:
     for _ in range(2**16):
@@ -79,17 +83,14 @@ print("ok")
 """)
 
 
+@compiled
 @pytest.mark.unsanitized
 def test_a_graph_no_pass_reached_leaves_the_scratch_untouched():
     # The passes' scratch (parent counts, reached marks: 5 bytes a slot) lives on fresh
     # anonymous pages that only a pass writes. Building a 2**20-node chain writes value,
     # grad, lhs, rhs, refs, op, flags and the handle pointer of each node: 39 bytes (a
     # '*' or '+' never writes param). It used to write the scratch too, 44 a node.
-    fresh("""
-import resource
-def rss():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+    fresh(RSS + """
 x = y = Value(1.0)
 n = 2**20
 before = rss()
