@@ -87,43 +87,60 @@ def runner(name):
     return (lambda k: script.train_step(k, NUM_STEPS)), sample
 
 
+def one_round(name):
+    """One round of an engine: (seconds per training step over steps 1 .. STEPS, the
+    losses of steps 0 .. STEPS, seconds per name sampled or None)."""
+    step, sample = runner(name)
+    losses = [step(0)]
+    gc.collect()
+    t0 = time.perf_counter()
+    losses += [step(k) for k in range(1, STEPS + 1)]
+    seconds = (time.perf_counter() - t0) / STEPS
+    sample_seconds = None
+    if sample is not None:
+        random.seed(0)
+        t0 = time.perf_counter()
+        for _ in range(SAMPLES):
+            sample()
+        sample_seconds = (time.perf_counter() - t0) / SAMPLES
+    return seconds, losses, sample_seconds
+
+
 def bench(available_torch):
     """ms per training step on every engine (losses checked against the baseline's), and
-    ms per name sampled."""
+    ms per name sampled. The engines take turns, a round each, until each has had its
+    rounds: the machine's drift over the minutes of the run then falls on all of them
+    alike rather than on whichever ran when it was slow (the ratios are the point)."""
+    names = [name for name in ENGINES if name != "torch" or available_torch]
+    runs = {name: [] for name in names}
+    for r in range(max(ENGINES[name][1] for name in names)):
+        for name in names:
+            what, rounds = ENGINES[name]
+            if r < rounds:
+                print(f"  microgpt    {name:<17} round {r + 1} of {rounds} ({STEPS} steps) ...",
+                      file=sys.stderr, flush=True)
+                runs[name].append(one_round(name))
+                gc.collect()
     results = {}
-    baseline = None
-    for name, (what, rounds) in ENGINES.items():
-        if name == "torch" and not available_torch:
-            continue
-        print(f"  microgpt    {name:<17} {rounds} rounds of {STEPS} steps ...",
-              file=sys.stderr, flush=True)
-        times, samples = [], []
-        for _ in range(rounds):
-            step, sample = runner(name)
-            losses = [step(0)]
-            gc.collect()
-            t0 = time.perf_counter()
-            losses += [step(k) for k in range(1, STEPS + 1)]
-            times.append((time.perf_counter() - t0) / STEPS)
-            if sample is not None:
-                random.seed(0)
-                t0 = time.perf_counter()
-                for _ in range(SAMPLES):
-                    sample()
-                samples.append((time.perf_counter() - t0) / SAMPLES)
+    baseline = runs["microgpt-style"][0][1]
+    for name in names:
+        what, rounds = ENGINES[name]
+        times = [seconds for seconds, _, _ in runs[name]]
+        samples = [seconds for _, _, seconds in runs[name] if seconds is not None]
+        losses = runs[name][-1][1]
         entry = {"what": what, "median": statistics.median(times) * 1e3, "unit": "ms/step",
                  "rounds": rounds, "times": times, "losses": losses}
         if samples:
             entry["sample_ms"] = statistics.median(samples) * 1e3
-        if baseline is None:
-            baseline = losses
         rel = 1e-9 if name in DROP_INS else 1e-6    # the fused layers round differently
-        entry["matched"] = all(abs(a - b) <= rel * abs(b) for a, b in zip(losses, baseline))
-        print(f"    median {entry['median']:,.3f} ms/step" +
+        entry["matched"] = all(
+            len(run) == len(baseline) and
+            all(abs(a - b) <= rel * abs(b) for a, b in zip(run, baseline))
+            for _, run, _ in runs[name])
+        print(f"  microgpt    {name:<17} median {entry['median']:,.3f} ms/step" +
               ("" if entry["matched"] else "   ** LOSSES DIFFER FROM THE BASELINE **"),
               file=sys.stderr, flush=True)
         results[name] = entry
-        gc.collect()
     results["overhead"] = overhead()
     results["memory"] = memory()
     return results
