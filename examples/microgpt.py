@@ -64,16 +64,17 @@ class Value:
     def __rtruediv__(self, other): return other * self ** -1
 
     def backward(self):
-        # children before parents, by a depth-first walk with an explicit stack
-        order, seen, stack = [], set(), [(self, False)]
-        while stack:
-            v, expanded = stack.pop()
-            if expanded:
+        # children before parents: a recursive depth-first walk, as microgpt's own (its
+        # graphs are at most ~280 nodes deep, well inside Python's recursion limit)
+        order, seen = [], set()
+
+        def visit(v):
+            if v not in seen:
+                seen.add(v)
+                for child in v._children:
+                    visit(child)
                 order.append(v)
-            elif id(v) not in seen:
-                seen.add(id(v))
-                stack.append((v, True))
-                stack.extend((c, False) for c in v._children)
+        visit(self)
         self.grad = 1
         for v in reversed(order):       # chain rule: each child gets d(self)/d(child)
             for child, local in zip(v._children, v._local_grads):
