@@ -195,6 +195,47 @@ def test_attention_through_linear(V):
 
 
 @pytest.mark.parametrize("seed", range(4))
+def test_add_mul_relu_make_the_expressions_graph(V, seed):
+    # the operators' own nodes, one per element (a number of y a leaf, as the operator
+    # makes it): the same values, ops, children and grads, bit for bit
+    rnd = random.Random(seed)
+    data = [rnd.uniform(-2, 2) for _ in range(10)]
+    numbers = [rnd.choice([0.5, -3, 2.25, 0]) for _ in range(3)]
+
+    def run(fused):
+        x = [V(d) for d in data[:5]]
+        y = [V(d) for d in data[5:7]] + numbers
+        if fused:
+            outs = F.add(x, y) + F.mul(x, y) + F.mul(x, 0.75) + F.add(x, -1) + F.relu(x)
+        else:
+            outs = ([a + b for a, b in zip(x, y)] + [a * b for a, b in zip(x, y)] +
+                    [a * 0.75 for a in x] + [a + -1 for a in x] + [a.relu() for a in x])
+        return outs, grads_of(outs, x + y[:2], V)
+
+    (fused, fused_grads), (plain, plain_grads) = run(True), run(False)
+    assert [bits(v.data) for v in fused] == [bits(v.data) for v in plain]
+    assert [bits(g) for g in fused_grads] == [bits(g) for g in plain_grads]
+    assert all(type(v) is V for v in fused)
+    kids = (lambda v: v._prev) if hasattr(V, "_prev") else (lambda v: v._children)
+    for a, b in zip(fused, plain):
+        assert getattr(a, "_op", None) == getattr(b, "_op", None)
+        assert sorted(c.data for c in kids(a)) == sorted(c.data for c in kids(b))
+    assert F.add([], []) == F.mul([], 2.0) == F.relu([]) == []
+
+
+def test_add_mul_relu_nodes_are_replayed(V):
+    # their nodes are the operators' own, so recompute() re-evaluates them
+    x, y = [V(0.5), V(-2.0)], [V(1.5), 3.0]
+    out = sum(F.relu(F.add(F.mul(x, y), 0.25)), V(0.0))
+    assert out.data == 1.0
+    x[0].data = 2.0
+    out.recompute()
+    assert out.data == 3.25
+    out.backward()
+    assert (x[0].grad, x[1].grad) == (1.5, 0.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_rmsnorm_equals_the_expression(V, seed):
     rnd = random.Random(seed)
     x = [V(rnd.gauss(0, 2)) for _ in range(rnd.randint(1, 24))]
@@ -241,8 +282,10 @@ def test_no_grad_gives_leaves(V):
     x = [V(0.5), V(-0.25), V(2.0)]
     w = [[V(1.0), V(2.0), V(3.0)]]
     with no_grad():
-        outs = F.linear(x, w) + F.rmsnorm(x) + F.softmax(x) + [F.cross_entropy(x, 0)]
-    plain = linear(x, w) + rmsnorm(x) + softmax(x) + [cross_entropy(x, 0)]
+        outs = (F.linear(x, w) + F.rmsnorm(x) + F.softmax(x) + [F.cross_entropy(x, 0)] +
+                F.add(x, w[0]) + F.mul(x, 3) + F.relu(x))
+    plain = (linear(x, w) + rmsnorm(x) + softmax(x) + [cross_entropy(x, 0)] +
+             [a + b for a, b in zip(x, w[0])] + [a * 3 for a in x] + [a.relu() for a in x])
     assert [o.data for o in outs] == [p.data for p in plain]
     kids = (lambda v: v._prev) if hasattr(V, "_prev") else (lambda v: v._children)
     assert all(not kids(o) for o in outs)
@@ -274,6 +317,15 @@ def arena_live(V):
     return _core._tape_stats()["live"]
 
 
+def other(V):
+    # the other Value class of V's engine
+    if V.__module__ == "fastgrad.reference":
+        module = reference
+    else:
+        from fastgrad import _core as module
+    return module.GptValue if V is module.Value else module.Value
+
+
 @pytest.mark.parametrize("call, error", [
     (lambda V, x, w: F.linear(x, [w[0], w[1][:2]]), ValueError),      # ragged rows
     (lambda V, x, w: F.linear(x[:2], w), ValueError),                  # len(x) != len(row)
@@ -291,10 +343,19 @@ def arena_live(V):
     (lambda V, x, w: F.softmax([x[0], 2.0]), TypeError),
     (lambda V, x, w: F.cross_entropy(x, 3), IndexError),
     (lambda V, x, w: F.cross_entropy(x, 1.0), TypeError),
+    (lambda V, x, w: F.add(x, w[0][:2]), ValueError),
+    (lambda V, x, w: F.mul(x, x + [1.0]), ValueError),
+    (lambda V, x, w: F.add(x[:2] + [1.0], w[0]), TypeError),          # a number in x
+    (lambda V, x, w: F.mul(x, [w[0][0], "b", w[0][2]]), TypeError),    # late in y
+    (lambda V, x, w: F.add(x, "b"), TypeError),
+    (lambda V, x, w: F.mul(x, [other(V)(1.0)] * 3), TypeError),       # the other class
+    (lambda V, x, w: F.relu(x + ["c"]), TypeError),
+    (lambda V, x, w: F.add(x, [1 << 1100] * 3), OverflowError),       # as the operator
 ], ids=["ragged", "mismatch", "empty-x", "number-weights", "str-x", "late-weight",
         "matrix-mismatch", "matrix-str-x", "rms-empty",
         "rms-number", "rms-eps", "rms-zero", "softmax-empty", "softmax-number", "ce-range",
-        "ce-float"])
+        "ce-float", "add-mismatch", "mul-mismatch", "add-number-x", "mul-str-y", "add-str",
+        "mul-other-class", "relu-str", "add-huge-int"])
 def test_bad_input_changes_nothing(V, call, error):
     x = [V(0.5), V(-1.0), V(2.0)]
     w = [[V(0.1), V(0.2), V(0.3)], [V(0.4), V(0.5), V(0.6)]]
@@ -314,7 +375,7 @@ def test_the_helpers_are_the_compiled_entry_points():
     # which still take what the entry points do not (the reference's Values, bad input)
     import inspect
     from fastgrad import _core
-    for name in ("linear", "rmsnorm", "softmax", "cross_entropy"):
+    for name in ("linear", "rmsnorm", "softmax", "cross_entropy", "add", "mul", "relu"):
         f = getattr(F, name)
         assert f is getattr(_core, "_fast_" + name)
         assert (f.__name__, f.__module__) == (name, "fastgrad.functional")
@@ -324,7 +385,7 @@ def test_the_helpers_are_the_compiled_entry_points():
     for V in (reference.Value, reference.GptValue):
         x = [V(0.5), V(-1.5)]
         outs = (F.linear(x, [[V(2.0), V(3.0)]]), F.rmsnorm(x), F.softmax(x),
-                [F.cross_entropy(x, -1)])
+                [F.cross_entropy(x, -1)], F.add(x, x), F.mul(x, [1, 2.0]), F.relu(x))
         assert all(type(v) is V for out in outs for v in out)
     for V in (_core.Value, _core.GptValue):
         x = [V(0.5), V(-1.5)]
@@ -531,7 +592,8 @@ def test_a_leaf_given_a_backward_after_a_backward_has_it_called(V):
 
 
 @compiled
-@pytest.mark.parametrize("layer", ["linear", "linear-matrix", "rmsnorm", "softmax", "cross_entropy"])
+@pytest.mark.parametrize("layer", ["linear", "linear-matrix", "rmsnorm", "softmax", "cross_entropy",
+                                   "add", "mul", "relu"])
 def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(layer):
     # a collection can run inside a helper (making its handles allocates), and a finalizer
     # may then empty the lists it was given of their Values: the helper reads its own copy
@@ -545,6 +607,9 @@ def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(laye
         "rmsnorm": lambda x, w: F.rmsnorm(x),
         "softmax": lambda x, w: F.softmax(x),
         "cross_entropy": lambda x, w: [F.cross_entropy(x, 1)],
+        "add": lambda x, w: F.add(x, w[0]),
+        "mul": lambda x, w: F.mul(x, w[1]),
+        "relu": lambda x, w: F.relu(x),
     }[layer]
 
     class Meddler:
@@ -630,3 +695,36 @@ def test_failed_allocation_leaves_no_half_built_layer(layer):
         assert [v.data for v in got] == expected
         break
     assert failures > 0                 # some allocation was made and failed
+
+
+@compiled
+@pytest.mark.parametrize("helper", ["add", "mul-numbers", "relu"])
+def test_a_failed_growth_in_an_elementwise_helper_makes_no_node(helper):
+    # add, mul and relu allocate nothing of their own: their one allocation is the tape's
+    # growth when the call needs more room than is free, which comes (with the handles)
+    # before the first node
+    from fastgrad import _core
+    V = _core.Value
+    a, b = V(0.25), V(-1.5)
+    call, per = {"add": (lambda x: F.add(x, [b] * len(x)), 1),
+                 "mul-numbers": (lambda x: F.mul(x, 2.0), 2),     # (each 2.0 is a leaf)
+                 "relu": (F.relu, 1)}[helper]
+    failures = 0
+    for fail_after in range(40):
+        gc.collect()
+        stats = _core._tape_stats()
+        x = [a] * ((stats["capacity"] - stats["live"]) // per + 1)   # more than is free
+        _core._test_fail_allocs(fail_after)
+        try:
+            out = call(x)
+        except MemoryError:
+            failures += 1
+            _core._test_fail_allocs(-1)
+            assert _core._tape_stats()["live"] == stats["live"]
+            continue
+        finally:
+            _core._test_fail_allocs(-1)
+        assert _core._tape_stats()["live"] == stats["live"] + per * len(x)
+        assert {v.data for v in out} == {{"add": -1.25, "mul-numbers": 0.5, "relu": 0.25}[helper]}
+        break
+    assert failures > 0                 # the growth was tried and failed

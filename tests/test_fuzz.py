@@ -115,12 +115,25 @@ class API(RuleBasedStateMachine):
         if kind == 'softmax':
             return same_outcome(lambda: F.softmax([a for a, _ in x]),
                                 lambda: F.softmax([b for _, b in x]))
+        if kind in ('add', 'mul'):
+            # y: other nodes, with numbers in place of some (or one number for them all)
+            f = F.add if kind == 'add' else F.mul
+            y = [pairs[(i + 3) % len(pairs)] for i in picks]
+            y = [(n, n) if n is not None else p for p, n in zip(y, numbers + [None] * len(y))]
+            if which < -3:
+                return same_outcome(lambda: f([a for a, _ in x], eps),
+                                    lambda: f([b for _, b in x], eps))
+            return same_outcome(lambda: f([a for a, _ in x], [a for a, _ in y]),
+                                lambda: f([b for _, b in x], [b for _, b in y]))
+        if kind == 'relu':
+            return same_outcome(lambda: F.relu([a for a, _ in x]),
+                                lambda: F.relu([b for _, b in x]))
         t = which % len(x)
         return same_outcome(lambda: F.cross_entropy([a for a, _ in x], t),
                             lambda: F.cross_entropy([b for _, b in x], t))
 
     LAYER = dict(kind=st.sampled_from(['linear', 'linear-matrix', 'rmsnorm', 'softmax',
-                                       'cross_entropy']),
+                                       'cross_entropy', 'add', 'mul', 'relu']),
                  picks=st.lists(st.integers(0, 99), min_size=1, max_size=6),
                  rows=st.integers(0, 3), numbers=st.lists(st.one_of(st.none(), number), max_size=3),
                  which=st.integers(-6, 6), eps=st.sampled_from([1e-5, 0.5, 0.0]))

@@ -688,6 +688,86 @@ def _cross_entropy(logits, Py_ssize_t target):
     return cross_entropy_layer(logits, target)
 
 
+# ------------------------------------------------------------ element by element
+#
+# add, mul and relu over lists make the operators' own nodes (one '+', '*' or ReLU node
+# per element, a number becoming a leaf), the same nodes in the same slots as the list
+# expressions; what they save is the Python call per element.
+
+cdef inline bint plain_number(object v) noexcept:
+    # an exact float or int: read without running Python code
+    return float_check_exact(<PyObject*>v) or long_check_exact(<PyObject*>v)
+
+
+cdef object elementwise(uint8_t op, list xs, object y):
+    """[a + b for a, b in zip(xs, y)] for ADD, [a * b ...] for MUL: y is one plain number
+    or a list or tuple as long as xs. xs must hold live Values of its first's class and y
+    those or plain numbers; for anything else None, with nothing made (functional's
+    Python function then takes the call and raises the error)."""
+    cdef Py_ssize_t n = len(xs), k
+    cdef real_t x, c = 0.0
+    cdef node_t rhs
+    cdef list ys = None
+    cdef list out
+    kind = type(xs[0])
+    if type(y) is list or type(y) is tuple:
+        ys = list(y)                    # (a copy: see the note at the top)
+        if len(ys) != n:
+            return None
+    elif not plain_number(y):
+        return None
+    for k in range(n):
+        a = xs[k]
+        if type(a) is not kind or (<_Handle>a).slot < 0:
+            return None
+        if ys is not None:
+            b = ys[k]
+            if type(b) is kind:
+                if (<_Handle>b).slot < 0:
+                    return None
+            elif plain_number(b):
+                as_real(b, &x)          # (an int too large for a float raises here)
+            else:
+                return None
+    if ys is None:
+        as_real(y, &c)
+    if n > (INT32_MAX - 2) // 2:
+        raise MemoryError("fastgrad: too many elements for one call")
+    out = new_handles(kind, n)
+    reserve(<node_t>(2 * n))
+    # nothing fails from here on
+    for k in range(n):
+        x, rhs = c, -1
+        if ys is not None:
+            b = ys[k]
+            if type(b) is kind:
+                rhs = (<_Handle>b).slot
+                x = tape.value[rhs]
+            else:
+                as_real(b, &x)
+        attach(<_Handle>out[k], binary_node(op, (<_Handle>xs[k]).slot, x, rhs))
+    return out
+
+
+cdef object relu_each(list xs):
+    """[a.relu() for a in xs], or None (nothing made) unless xs holds live Values of its
+    first's class."""
+    cdef Py_ssize_t n = len(xs), k
+    cdef node_t i
+    cdef list out
+    kind = type(xs[0])
+    for k in range(n):
+        a = xs[k]
+        if type(a) is not kind or (<_Handle>a).slot < 0:
+            return None
+    out = new_handles(kind, n)
+    reserve(<node_t>n)
+    for k in range(n):
+        i = (<_Handle>xs[k]).slot
+        attach(<_Handle>out[k], unary_node(RELU, relu_forward(tape.value[i]), i))
+    return out
+
+
 # fastgrad.functional's helpers themselves, on the compiled engine. functional's Python
 # functions pick each call's engine from its first Value and check cross_entropy's
 # target: ~940 instructions a call (callgrind), a quarter of a small linear's cost, paid
@@ -697,6 +777,7 @@ def _cross_entropy(logits, Py_ssize_t target):
 # the layers are the ones those functions call. functional installs them (_fast_helpers).
 cdef object _generic_linear = None, _generic_rmsnorm = None
 cdef object _generic_softmax = None, _generic_cross_entropy = None
+cdef object _generic_add = None, _generic_mul = None, _generic_relu = None
 
 
 cdef inline bint is_value(object v) noexcept:
@@ -740,15 +821,40 @@ def _fast_cross_entropy(logits, target):
     return _generic_cross_entropy(logits, target)
 
 
-def _fast_helpers(linear, rmsnorm, softmax, cross_entropy):
-    """The compiled entry points of fastgrad.functional's linear, rmsnorm, softmax and
-    cross_entropy, which hand what they do not take to the functions given; they are
-    given those functions' names, docstrings and annotations."""
+def _fast_add(x, y):
+    cdef object out = None
+    if starts_with_value(x):
+        out = elementwise(ADD, list(x), y)
+    return out if out is not None else _generic_add(x, y)
+
+
+def _fast_mul(x, y):
+    cdef object out = None
+    if starts_with_value(x):
+        out = elementwise(MUL, list(x), y)
+    return out if out is not None else _generic_mul(x, y)
+
+
+def _fast_relu(x):
+    cdef object out = None
+    if starts_with_value(x):
+        out = relu_each(list(x))
+    return out if out is not None else _generic_relu(x)
+
+
+def _fast_helpers(linear, rmsnorm, softmax, cross_entropy, add, mul, relu):
+    """The compiled entry points of fastgrad.functional's linear, rmsnorm, softmax,
+    cross_entropy, add, mul and relu, which hand what they do not take to the functions
+    given; they are given those functions' names, docstrings and annotations."""
     global _generic_linear, _generic_rmsnorm, _generic_softmax, _generic_cross_entropy
+    global _generic_add, _generic_mul, _generic_relu
     _generic_linear, _generic_rmsnorm = linear, rmsnorm
     _generic_softmax, _generic_cross_entropy = softmax, cross_entropy
-    fast = (_fast_linear, _fast_rmsnorm, _fast_softmax, _fast_cross_entropy)
-    for entry, generic in zip(fast, (linear, rmsnorm, softmax, cross_entropy)):
+    _generic_add, _generic_mul, _generic_relu = add, mul, relu
+    fast = (_fast_linear, _fast_rmsnorm, _fast_softmax, _fast_cross_entropy, _fast_add,
+            _fast_mul, _fast_relu)
+    for entry, generic in zip(fast, (linear, rmsnorm, softmax, cross_entropy, add, mul,
+                                     relu)):
         for name in ("__name__", "__qualname__", "__module__", "__doc__", "__annotations__"):
             setattr(entry, name, getattr(generic, name))
     return fast

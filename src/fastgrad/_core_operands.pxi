@@ -240,23 +240,35 @@ cdef object binary(uint8_t op, _Handle a, object b):
         rhs = -1
     h = new_handle_like(a)
     reserve(2)
+    return attach(h, binary_node(op, lhs, x, rhs))
+
+
+cdef inline node_t binary_node(uint8_t op, node_t lhs, real_t x, node_t rhs) noexcept:
+    """The node of a (op) b, ADD or MUL, after reserve(2): lhs is a's slot, x b's value
+    and rhs b's slot, or -1 for a number, which becomes a leaf (a leaf of the result
+    under no_grad)."""
     if not recording():
-        return attach(h, push(LEAF, add_forward(tape.value[lhs], x) if op == ADD else
-                              mul_forward(tape.value[lhs], x), -1, -1))
+        return push(LEAF, add_forward(tape.value[lhs], x) if op == ADD else
+                    mul_forward(tape.value[lhs], x), -1, -1)
     if rhs < 0:
         rhs = push(LEAF, x, -1, -1)
     if op == ADD:
-        return attach(h, push(ADD, add_forward(tape.value[lhs], x), lhs, rhs))
-    return attach(h, push(MUL, mul_forward(tape.value[lhs], x), lhs, rhs))
+        return push(ADD, add_forward(tape.value[lhs], x), lhs, rhs)
+    return push(MUL, mul_forward(tape.value[lhs], x), lhs, rhs)
 
 
 cdef object unary(uint8_t op, real_t value, _Handle a):
     """A new node op(a) of the given value (a leaf under no_grad)."""
     cdef _Handle h = new_handle_like(a)
     reserve(1)
+    return attach(h, unary_node(op, value, a.slot))
+
+
+cdef inline node_t unary_node(uint8_t op, real_t value, node_t a) noexcept:
+    # the node op(a) of the given value, after reserve(1) (a leaf under no_grad)
     if not recording():
-        return attach(h, push(LEAF, value, -1, -1))
-    return attach(h, push(op, value, a.slot, -1))
+        return push(LEAF, value, -1, -1)
+    return push(op, value, a, -1)
 
 
 cdef object power_of_values(_Handle a, _Handle b):

@@ -1,12 +1,18 @@
 """Layers over lists of Values, each built in one engine call: microgpt's `linear`,
-`rmsnorm` and `softmax`, and `cross_entropy`.
+`rmsnorm` and `softmax`, and `cross_entropy`; and `add`, `mul` and `relu`, element by
+element.
 
     h = linear(x, w)                 # [sum(wi * xi for wi, xi in zip(row, x)) for row in w]
     W = matrix(w)                    # w packed once; linear(x, W) is linear(x, w), faster
     h = rmsnorm(h)                   # [xi * (mean(xi * xi) + eps) ** -0.5 for xi in h]
+    h = add(h, skip)                 # [a + b for a, b in zip(h, skip)]; mul likewise
+    h = relu(h)                      # [a.relu() for a in h]
     probs = softmax(logits)          # list of Values summing to 1
     loss = cross_entropy(logits, target)     # -log softmax(logits)[target]
     loss.backward()
+
+add, mul and relu make the operators' own nodes, the same graph as the list
+expressions; on the compiled engine they only save the Python call per element.
 
 Each builds its nodes in C (on the compiled engine; in Python on the reference), with no
 Python call per node: nodes that carry their local derivatives, computed when they are
@@ -24,6 +30,7 @@ that may have rounded to 0. At |x| = 1000 both give finite values and gradients.
 """
 from __future__ import annotations
 
+import operator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
@@ -113,9 +120,59 @@ def cross_entropy(logits: Sequence[Value], target: int) -> Value:
     return module._cross_entropy(logits, target % len(logits))
 
 
-# where the compiled engine is the chosen one, its entry points in place of the four
+def add(x: Sequence[Value], y: Sequence[Value | Number] | Number) -> list[Value]:
+    """[a + b for a, b in zip(x, y)]: a '+' node per element, as the operator makes it (a
+    number becomes a leaf). x holds Values of one class; y as many Values of that class
+    or numbers, or one number added to every element."""
+    return _elementwise(operator.add, "add", x, y)
+
+
+def mul(x: Sequence[Value], y: Sequence[Value | Number] | Number) -> list[Value]:
+    """[a * b for a, b in zip(x, y)]: a '*' node per element, as the operator makes it (a
+    number becomes a leaf). x holds Values of one class; y as many Values of that class
+    or numbers, or one number every element is multiplied by."""
+    return _elementwise(operator.mul, "mul", x, y)
+
+
+def relu(x: Sequence[Value]) -> list[Value]:
+    """[a.relu() for a in x]: a ReLU node per element; x holds Values of one class."""
+    xs = _values_of_one_class("relu", x)
+    return [a.relu() for a in xs]
+
+
+def _values_of_one_class(name: str, x: Iterable[Any]) -> list[Any]:
+    xs = list(x)
+    if xs:
+        cls = type(xs[0])
+        if cls not in _ENGINE_OF:
+            raise TypeError(f"{name}: x must hold Values, not {cls.__name__!r}")
+        for a in xs:
+            if type(a) is not cls:
+                raise TypeError(f"{name}: x must hold Values of one class, not "
+                                f"{cls.__name__!r} and {type(a).__name__!r}")
+    return xs
+
+
+def _elementwise(op: Any, name: str, x: Sequence[Any], y: Any) -> list[Any]:
+    # every element checked before the first node is made
+    xs = _values_of_one_class(name, x)
+    if not isinstance(y, (list, tuple)):
+        if not isinstance(y, (int, float)):
+            raise TypeError(f"{name}: y must be Values or numbers, not {type(y).__name__!r}")
+        return [op(a, y) for a in xs]
+    if len(y) != len(xs):
+        raise ValueError(f"{name}: x has {len(xs)} elements and y {len(y)}")
+    cls = type(xs[0]) if xs else None
+    for b in y:
+        if type(b) is not cls and not isinstance(b, (int, float)):
+            raise TypeError(f"{name}: y must hold Values of x's class or numbers, not "
+                            f"{type(b).__name__!r}")
+    return [op(a, b) for a, b in zip(xs, y)]
+
+
+# where the compiled engine is the chosen one, its entry points in place of the seven
 # helpers: the dispatch above, done in C, with the same results and errors (anything
 # not its own goes to the functions above)
 if not TYPE_CHECKING and ENGINE == "compiled":
-    linear, rmsnorm, softmax, cross_entropy = engine._fast_helpers(
-        linear, rmsnorm, softmax, cross_entropy)
+    linear, rmsnorm, softmax, cross_entropy, add, mul, relu = engine._fast_helpers(
+        linear, rmsnorm, softmax, cross_entropy, add, mul, relu)

@@ -4,8 +4,9 @@ The same one-layer GPT as microgpt (and examples/microgpt.py): 16-wide embedding
 heads, 16 positions, a ReLU MLP, a KV cache, trained one name per step with Adam (betas
 0.85 and 0.99, eps 1e-8, lr 0.01 decaying linearly to 0), then sampled at temperature
 0.5. Here each layer is one call of fastgrad.functional (linear, rmsnorm, softmax,
-cross_entropy), which builds its nodes in C, over weight matrices packed once
-(functional.matrix), and fastgrad.optim.Adam updates the parameters in a C loop.
+cross_entropy; add, mul and relu element by element), which builds its nodes in C, over
+weight matrices packed once (functional.matrix), and fastgrad.optim.Adam updates the
+parameters in a C loop.
 Seeded the same way, it draws the same weights as the pure-Python script and trains
 along its loss curve to rounding.
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import random
 import sys
-from operator import add, mul
 from typing import Any
 
 from fastgrad import functional as F
@@ -64,7 +64,6 @@ class GPT:
         self.layers = [tuple(F.matrix(self.weights[f'layer{layer}.{name}']) for name in (
             'attn_wq', 'attn_wk', 'attn_wv', 'attn_wo', 'mlp_fc1', 'mlp_fc2'))
             for layer in range(self.n_layer)]
-        self.relu = Value.relu
         self.lr = 0.01
         self.optimizer = optim.Adam(self.params, lr=self.lr, betas=(0.85, 0.99), eps=1e-8)
 
@@ -81,11 +80,9 @@ class GPT:
     def forward(self, token: int, pos: int, cache: list[Any]) -> list[Any]:
         """The logits of the next token after `token` at `pos`; cache (new_cache()) holds
         the keys and values of the earlier positions, and this one's are appended to it."""
-        W, hd, linear, rmsnorm = self.weights, self.head_dim, F.linear, F.rmsnorm
-        # (map with operator functions and the class's relu: the same operations as the
-        # list expressions, without a Python-level call per element)
+        W, hd, linear, rmsnorm, add = self.weights, self.head_dim, F.linear, F.rmsnorm, F.add
         inv_root = (hd ** 0.5) ** -1            # s / sqrt(hd) is s * sqrt(hd) ** -1 on a Value
-        x = rmsnorm(list(map(add, W['wte'][token], W['wpe'][pos])))
+        x = rmsnorm(add(W['wte'][token], W['wpe'][pos]))
         for (wq, wk, wv, wo, fc1, fc2), (keys, values) in zip(self.layers, cache):
             skip = x
             x = rmsnorm(x)
@@ -98,13 +95,13 @@ class GPT:
             for h, lo in enumerate(range(0, self.n_embd, hd)):
                 # q . k_t / sqrt(head_dim) for every cached position, as microgpt scales it
                 logits = linear(q[lo:lo + hd], keys[h])
-                attn = F.softmax(list(map(mul, logits, [inv_root] * len(logits))))
+                attn = F.softmax(F.mul(logits, inv_root))
                 # sum over t of attn[t] * v_t, one output per dimension of the head
                 heads += linear(attn, values[lo:lo + hd])
-            x = list(map(add, linear(heads, wo), skip))
+            x = add(linear(heads, wo), skip)
             skip = x
-            x = list(map(self.relu, linear(rmsnorm(x), fc1)))
-            x = list(map(add, linear(x, fc2), skip))
+            x = F.relu(linear(rmsnorm(x), fc1))
+            x = add(linear(x, fc2), skip)
         return linear(x, self.lm_head)
 
     def loss(self, doc: str) -> Any:
