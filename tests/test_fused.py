@@ -697,34 +697,46 @@ def test_failed_allocation_leaves_no_half_built_layer(layer):
     assert failures > 0                 # some allocation was made and failed
 
 
+ELEMENTWISE_GROWTH_FAILURE = """
+import gc
+from fastgrad import _core, functional as F
+V = _core.Value
+a, b = V(0.25), V(-1.5)
+call, per, value = {"add": (lambda x: F.add(x, [b] * len(x)), 1, -1.25),
+                    "mul-numbers": (lambda x: F.mul(x, 2.0), 2, 0.5),   # (each 2.0 a leaf)
+                    "relu": (F.relu, 1, 0.25)}[HELPER]
+failures = 0
+for fail_after in range(40):
+    gc.collect()
+    stats = _core._tape_stats()
+    x = [a] * ((stats["capacity"] - stats["live"]) // per + 1)   # more than is free
+    _core._test_fail_allocs(fail_after)
+    try:
+        out = call(x)
+    except MemoryError:
+        failures += 1
+        _core._test_fail_allocs(-1)
+        assert _core._tape_stats()["live"] == stats["live"]
+        continue
+    finally:
+        _core._test_fail_allocs(-1)
+    assert _core._tape_stats()["live"] == stats["live"] + per * len(x)
+    assert {v.data for v in out} == {value}
+    break
+assert failures > 0                     # the growth was tried and failed
+print("ok")
+"""
+
+
 @compiled
 @pytest.mark.parametrize("helper", ["add", "mul-numbers", "relu"])
 def test_a_failed_growth_in_an_elementwise_helper_makes_no_node(helper):
     # add, mul and relu allocate nothing of their own: their one allocation is the tape's
     # growth when the call needs more room than is free, which comes (with the handles)
-    # before the first node
-    from fastgrad import _core
-    V = _core.Value
-    a, b = V(0.25), V(-1.5)
-    call, per = {"add": (lambda x: F.add(x, [b] * len(x)), 1),
-                 "mul-numbers": (lambda x: F.mul(x, 2.0), 2),     # (each 2.0 is a leaf)
-                 "relu": (F.relu, 1)}[helper]
-    failures = 0
-    for fail_after in range(40):
-        gc.collect()
-        stats = _core._tape_stats()
-        x = [a] * ((stats["capacity"] - stats["live"]) // per + 1)   # more than is free
-        _core._test_fail_allocs(fail_after)
-        try:
-            out = call(x)
-        except MemoryError:
-            failures += 1
-            _core._test_fail_allocs(-1)
-            assert _core._tape_stats()["live"] == stats["live"]
-            continue
-        finally:
-            _core._test_fail_allocs(-1)
-        assert _core._tape_stats()["live"] == stats["live"] + per * len(x)
-        assert {v.data for v in out} == {{"add": -1.25, "mul-numbers": 0.5, "relu": 0.25}[helper]}
-        break
-    assert failures > 0                 # the growth was tried and failed
+    # before the first node. (In a new interpreter, whose tape is small.)
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", f"HELPER = {helper!r}\n" +
+                          ELEMENTWISE_GROWTH_FAILURE], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
