@@ -695,7 +695,8 @@ def _cross_entropy(logits, Py_ssize_t target):
 # expressions; what they save is the Python call per element.
 
 cdef inline bint plain_number(object v) noexcept:
-    # an exact float or int: read without running Python code
+    # an exact float or int: converted to a real without running Python code (not through
+    # as_real, which gcc then stopped inlining into binary, the operators' hot path)
     return float_check_exact(<PyObject*>v) or long_check_exact(<PyObject*>v)
 
 
@@ -726,11 +727,11 @@ cdef object elementwise(uint8_t op, list xs, object y):
                 if (<_Handle>b).slot < 0:
                     return None
             elif plain_number(b):
-                as_real(b, &x)          # (an int too large for a float raises here)
+                x = b                   # (an int too large for a float raises here)
             else:
                 return None
     if ys is None:
-        as_real(y, &c)
+        c = y
     if n > (INT32_MAX - 2) // 2:
         raise MemoryError("fastgrad: too many elements for one call")
     out = new_handles(kind, n)
@@ -744,7 +745,7 @@ cdef object elementwise(uint8_t op, list xs, object y):
                 rhs = (<_Handle>b).slot
                 x = tape.value[rhs]
             else:
-                as_real(b, &x)
+                x = b                   # (a plain number: the conversion cannot fail now)
         attach(<_Handle>out[k], binary_node(op, (<_Handle>xs[k]).slot, x, rhs))
     return out
 
