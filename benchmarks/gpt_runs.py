@@ -158,7 +158,7 @@ def overhead():
     V = _core.Value
     counts = {}
     originals = {name: getattr(F, name) for name in ("linear", "rmsnorm", "softmax", "cross_entropy",
-                                                     "add", "mul", "relu")}
+                                                     "add", "mul", "relu", "attention")}
 
     def counting(name):
         def call(*args):
@@ -180,7 +180,7 @@ def overhead():
     calls = {"linear": lambda: F.linear(x1, w1), "rmsnorm": lambda: F.rmsnorm(x1),
              "softmax": lambda: F.softmax(x1), "cross_entropy": lambda: F.cross_entropy(x1, 0),
              "add": lambda: F.add(x1, x1), "mul": lambda: F.mul(x1, 0.5),
-             "relu": lambda: F.relu(x1)}
+             "relu": lambda: F.relu(x1), "attention": lambda: F.attention(x1, [x1], [x1], 1)}
     best = lambda f, n: min(timeit.repeat(f, number=n, repeat=7)) / n
     per_call = {name: best(f, 2000) * 1e6 for name, f in calls.items()}
     per_term = (best(lambda: F.linear(x16, w16), 500) * 1e6 - per_call["linear"]) / 256 * 1e3

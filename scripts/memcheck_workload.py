@@ -105,13 +105,17 @@ for V in (Value, GptValue):
     head = F.matrix([[V(0.2 + 0.1 * k) for k in range(5)] for _ in range(3)])
     logits = F.linear([e.relu() for e in h], head)      # (the chunk holds the Matrix)
     del head
-    loss = F.cross_entropy(logits, 1) + sum(F.softmax(logits)) * 0.1
+    keys = [F.linear(x, w)[::-1] for _ in range(3)]
+    att = F.attention(h[:4], keys, [k[::-1] for k in keys], 2)
+    del keys                                # (the rows hold the keys and values)
+    loss = F.cross_entropy(logits, 1) + sum(F.softmax(logits)) * 0.1 + sum(att) * 0.5
+    del att
     loss.backward()
-    for fail in range(6):
+    for fail in range(12):
         _test_fail_allocs(fail)
         for f in (lambda: F.linear([2.0] + x[1:], w), lambda: F.rmsnorm(x),
                   lambda: F.softmax(x), lambda: F.cross_entropy(x, 0),
-                  lambda: F.linear(x, F.matrix(w))):
+                  lambda: F.linear(x, F.matrix(w)), lambda: F.attention(x, w, w[::-1], 3)):
             try: f()
             except MemoryError: pass
         _test_fail_allocs(-1)

@@ -194,6 +194,64 @@ def test_attention_through_linear(V):
     same_values_and_grads(fused, plain, leaves, V, rel=1e-11)
 
 
+def attention_by_heads(q, keys, values, n_head):
+    # what F.attention stands for, through the other helpers
+    hd = len(q) // n_head
+    out = []
+    for lo in range(0, len(q), hd):
+        weights = F.softmax(F.mul(F.linear(q[lo:lo + hd], [k[lo:lo + hd] for k in keys]),
+                                  (hd ** 0.5) ** -1))
+        out += F.linear(weights, [[v[lo + j] for v in values] for j in range(hd)])
+    return out
+
+
+def attention_as_microgpt(q, keys, values, n_head):
+    # microgpt's own expressions, over Values
+    hd = len(q) // n_head
+    out = []
+    for lo in range(0, len(q), hd):
+        q_h = q[lo:lo + hd]
+        k_h = [k[lo:lo + hd] for k in keys]
+        v_h = [v[lo:lo + hd] for v in values]
+        logits = [sum(q_h[j] * k_h[t][j] for j in range(hd)) / hd ** 0.5
+                  for t in range(len(k_h))]
+        weights = softmax(logits)
+        out += [sum(weights[t] * v_h[t][j] for t in range(len(v_h))) for j in range(hd)]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(16, 4, 1), (16, 4, 5), (8, 2, 3), (6, 1, 2), (4, 4, 7)],
+                         ids=lambda s: "E{}-H{}-T{}".format(*s))
+def test_attention_is_the_layers_it_stands_for(V, shape):
+    # node for node the per-head helpers' graph: values and grads bit for bit; and
+    # microgpt's expressions: values bit for bit, grads to rounding
+    e, n_head, t = shape
+    rnd = random.Random(e * 100 + t)
+    q = [V(rnd.gauss(0, 1)) for _ in range(e)]
+    keys = [[V(rnd.gauss(0, 1)) for _ in range(e)] for _ in range(t)]
+    values = [[V(rnd.gauss(0, 1)) for _ in range(e)] for _ in range(t)]
+    leaves = q + sum(keys, []) + sum(values, [])
+    before = arena_live(V)
+    fused = F.attention(q, keys, values, n_head)
+    if before is not None:                  # every node of the per-head layers is made
+        assert arena_live(V) - before == n_head * (4 * t + 1) + e
+    assert all(type(v) is V for v in fused) and len(fused) == e
+    fused_grads = grads_of(fused, leaves, V)
+    del fused
+    by_heads = attention_by_heads(q, keys, values, n_head)
+    by_heads_grads = grads_of(by_heads, leaves, V)
+    assert [bits(v.data) for v in F.attention(q, keys, values, n_head)] == \
+        [bits(v.data) for v in by_heads]
+    assert [bits(g) for g in fused_grads] == [bits(g) for g in by_heads_grads]
+    same_values_and_grads(lambda: F.attention(q, tuple(keys), values, n_head),
+                          lambda: attention_as_microgpt(q, keys, values, n_head), leaves, V,
+                          rel=1e-11)
+    # an output is a row of the head's weights and the values' dimension
+    kids = (lambda v: v._prev) if hasattr(V, "_prev") else (lambda v: set(v._children))
+    out = F.attention(q, keys, values, n_head)
+    assert {c.data for c in kids(out[0])} >= {v[0].data for v in values}
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_add_mul_relu_make_the_expressions_graph(V, seed):
     # the operators' own nodes, one per element (a number of y a leaf, as the operator
@@ -281,11 +339,14 @@ def test_one_node_per_output_where_it_makes_backward_cheap(V):
 def test_no_grad_gives_leaves(V):
     x = [V(0.5), V(-0.25), V(2.0)]
     w = [[V(1.0), V(2.0), V(3.0)]]
+    keys, values = [x[1:] + x[:1], w[0]], [w[0], x]
     with no_grad():
         outs = (F.linear(x, w) + F.rmsnorm(x) + F.softmax(x) + [F.cross_entropy(x, 0)] +
-                F.add(x, w[0]) + F.mul(x, 3) + F.relu(x))
+                F.add(x, w[0]) + F.mul(x, 3) + F.relu(x) +
+                F.attention(x[:2], [k[:2] for k in keys], [v[:2] for v in values], 2))
     plain = (linear(x, w) + rmsnorm(x) + softmax(x) + [cross_entropy(x, 0)] +
-             [a + b for a, b in zip(x, w[0])] + [a * 3 for a in x] + [a.relu() for a in x])
+             [a + b for a, b in zip(x, w[0])] + [a * 3 for a in x] + [a.relu() for a in x] +
+             attention_as_microgpt(x[:2], [k[:2] for k in keys], [v[:2] for v in values], 2))
     assert [o.data for o in outs] == [p.data for p in plain]
     kids = (lambda v: v._prev) if hasattr(V, "_prev") else (lambda v: v._children)
     assert all(not kids(o) for o in outs)
@@ -351,11 +412,26 @@ def other(V):
     (lambda V, x, w: F.mul(x, [other(V)(1.0)] * 3), TypeError),       # the other class
     (lambda V, x, w: F.relu(x + ["c"]), TypeError),
     (lambda V, x, w: F.add(x, [1 << 1100] * 3), OverflowError),       # as the operator
+    (lambda V, x, w: F.attention(x[:2], [x[1:]], [w[0][1:]], 2.0), TypeError),   # n_head
+    (lambda V, x, w: F.attention(x[:2], [x[1:]], [w[0][1:]], True), TypeError),
+    (lambda V, x, w: F.attention(x[:2], [x[1:]], [w[0][1:]], 0), ValueError),
+    (lambda V, x, w: F.attention(x, w, w, 2), ValueError),             # 3 into 2 heads
+    (lambda V, x, w: F.attention([], [], [], 1), ValueError),
+    (lambda V, x, w: F.attention(x, [], [], 1), ValueError),            # no keys
+    (lambda V, x, w: F.attention(x, w, w[:1], 1), ValueError),          # 2 keys, 1 value
+    (lambda V, x, w: F.attention(x, [w[0], w[1][:2]], w, 3), ValueError),   # a short key
+    (lambda V, x, w: F.attention(x, w, [w[0], w[1][:2]], 3), ValueError),   # a short value
+    (lambda V, x, w: F.attention(x, w, [w[0], [w[1][0], "b", w[1][2]]], 1), TypeError),
+    (lambda V, x, w: F.attention(x, [[other(V)(1.0)] * 3] * 2, w, 1), TypeError),
+    (lambda V, x, w: F.attention([1.0, 2.0, 3.0], w, w, 1), TypeError),  # numbers in q
 ], ids=["ragged", "mismatch", "empty-x", "number-weights", "str-x", "late-weight",
         "matrix-mismatch", "matrix-str-x", "rms-empty",
         "rms-number", "rms-eps", "rms-zero", "softmax-empty", "softmax-number", "ce-range",
         "ce-float", "add-mismatch", "mul-mismatch", "add-number-x", "mul-str-y", "add-str",
-        "mul-other-class", "relu-str", "add-huge-int"])
+        "mul-other-class", "relu-str", "add-huge-int", "attn-float-heads", "attn-bool-heads",
+        "attn-no-heads", "attn-split", "attn-empty-q", "attn-no-keys", "attn-count",
+        "attn-short-key", "attn-short-value", "attn-str-value", "attn-other-class",
+        "attn-number-q"])
 def test_bad_input_changes_nothing(V, call, error):
     x = [V(0.5), V(-1.0), V(2.0)]
     w = [[V(0.1), V(0.2), V(0.3)], [V(0.4), V(0.5), V(0.6)]]
@@ -375,7 +451,8 @@ def test_the_helpers_are_the_compiled_entry_points():
     # which still take what the entry points do not (the reference's Values, bad input)
     import inspect
     from fastgrad import _core
-    for name in ("linear", "rmsnorm", "softmax", "cross_entropy", "add", "mul", "relu"):
+    for name in ("linear", "rmsnorm", "softmax", "cross_entropy", "add", "mul", "relu",
+                 "attention"):
         f = getattr(F, name)
         assert f is getattr(_core, "_fast_" + name)
         assert (f.__name__, f.__module__) == (name, "fastgrad.functional")
@@ -385,7 +462,8 @@ def test_the_helpers_are_the_compiled_entry_points():
     for V in (reference.Value, reference.GptValue):
         x = [V(0.5), V(-1.5)]
         outs = (F.linear(x, [[V(2.0), V(3.0)]]), F.rmsnorm(x), F.softmax(x),
-                [F.cross_entropy(x, -1)], F.add(x, x), F.mul(x, [1, 2.0]), F.relu(x))
+                [F.cross_entropy(x, -1)], F.add(x, x), F.mul(x, [1, 2.0]), F.relu(x),
+                F.attention(x, [x], [x], 2))
         assert all(type(v) is V for out in outs for v in out)
     for V in (_core.Value, _core.GptValue):
         x = [V(0.5), V(-1.5)]
@@ -593,7 +671,7 @@ def test_a_leaf_given_a_backward_after_a_backward_has_it_called(V):
 
 @compiled
 @pytest.mark.parametrize("layer", ["linear", "linear-matrix", "rmsnorm", "softmax", "cross_entropy",
-                                   "add", "mul", "relu"])
+                                   "add", "mul", "relu", "attention"])
 def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(layer):
     # a collection can run inside a helper (making its handles allocates), and a finalizer
     # may then empty the lists it was given of their Values: the helper reads its own copy
@@ -610,6 +688,7 @@ def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(laye
         "add": lambda x, w: F.add(x, w[0]),
         "mul": lambda x, w: F.mul(x, w[1]),
         "relu": lambda x, w: F.relu(x),
+        "attention": lambda x, w: F.attention(x, w, w[::-1], 2),
     }[layer]
 
     class Meddler:
@@ -659,7 +738,8 @@ def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(laye
 
 @compiled
 @pytest.mark.parametrize("layer", ["linear", "linear-numbers", "linear-matrix", "matrix",
-                                   "rmsnorm", "softmax", "cross_entropy", "gpt-value"])
+                                   "rmsnorm", "softmax", "cross_entropy", "attention",
+                                   "gpt-value"])
 def test_failed_allocation_leaves_no_half_built_layer(layer):
     from fastgrad import _core
     V = _core.Value if layer != "gpt-value" else _core.GptValue
@@ -674,6 +754,7 @@ def test_failed_allocation_leaves_no_half_built_layer(layer):
         "rmsnorm": lambda: F.rmsnorm(x),
         "softmax": lambda: F.softmax(x),
         "cross_entropy": lambda: F.cross_entropy(x, 3),
+        "attention": lambda: F.attention(x, w[:2], w[:2][::-1], 4),
         "gpt-value": lambda: V(1.0, tuple(x), tuple(range(8))),
     }[layer]
     expected = make()

@@ -128,12 +128,24 @@ class API(RuleBasedStateMachine):
         if kind == 'relu':
             return same_outcome(lambda: F.relu([a for a, _ in x]),
                                 lambda: F.relu([b for _, b in x]))
+        if kind == 'attention':
+            # rows keys and values of other nodes, as long as x; n_head mostly a divisor
+            # of len(x) (which < -3: one that may not be)
+            keys = [[pairs[(i + 5 * r + 1) % len(pairs)] for i in picks] for r in range(rows)]
+            values = [[pairs[(i + 11 * r + 2) % len(pairs)] for i in picks] for r in range(rows)]
+            heads = [d for d in (1, 2, 3) if len(x) % d == 0]
+            n_head = 1 + abs(which) % 3 if which < -3 else heads[abs(which) % len(heads)]
+            return same_outcome(
+                lambda: F.attention([a for a, _ in x], [[a for a, _ in k] for k in keys],
+                                    [[a for a, _ in v] for v in values], n_head),
+                lambda: F.attention([b for _, b in x], [[b for _, b in k] for k in keys],
+                                    [[b for _, b in v] for v in values], n_head))
         t = which % len(x)
         return same_outcome(lambda: F.cross_entropy([a for a, _ in x], t),
                             lambda: F.cross_entropy([b for _, b in x], t))
 
     LAYER = dict(kind=st.sampled_from(['linear', 'linear-matrix', 'rmsnorm', 'softmax',
-                                       'cross_entropy', 'add', 'mul', 'relu']),
+                                       'cross_entropy', 'add', 'mul', 'relu', 'attention']),
                  picks=st.lists(st.integers(0, 99), min_size=1, max_size=6),
                  rows=st.integers(0, 3), numbers=st.lists(st.one_of(st.none(), number), max_size=3),
                  which=st.integers(-6, 6), eps=st.sampled_from([1e-5, 0.5, 0.0]))

@@ -427,8 +427,7 @@ cdef object linear_layer(object x, object w):
     cdef node_t* xslot = NULL           # x's slots (-1 for a number until its leaf is made)
     cdef char* chunk = NULL             # the rows' blocks
     cdef node_t* block
-    cdef node_t i, c
-    cdef Kin kin, xkin                  # a row's weights; x
+    cdef Kin xkin
     cdef list row, out
     for r in range(m):
         if len(<list>rows[r]) != n:
@@ -481,24 +480,32 @@ cdef object linear_layer(object x, object w):
         if numbers:
             for k in range(n):
                 block[2 + 2 * k] = xslot[k]
-        kin = hold_weights_out_of_line(block, n)
-        i = push_above(LOCAL, xval[n + r], -1, -1,
-                       kin.top if kin.top > xkin.top else xkin.top)
-        tape.param[i].kids = block
-        if kin.some & HAS_FN:
-            for k in range(n):
-                c = block[1 + 2 * k]
-                if (tape.flags[c] & (HAS_FN | PINNED)) == HAS_FN:
-                    pin(c)
-        # the edges go down if the node is above all its children (push_above takes a
-        # slot below one only in a full arena) and every child's graph descends
-        if i < kin.top or i < xkin.top or not (kin.every & xkin.every & DESCENDS):
-            tape.flags[i] &= ~DESCENDS
-        tape.flags[i] |= IN_CHUNK
-        attach(<_Handle>out[r], i)
+        attach(<_Handle>out[r], push_row(block, n, xval[n + r], &xkin))
     PyMem_Free(xval)
     PyMem_Free(xslot)
     return out
+
+
+cdef inline node_t push_row(node_t* block, Py_ssize_t n, real_t value, Kin* xkin) noexcept:
+    """The node of a row of n terms whose block is filled (weights and x's slots), after
+    reserve and hold_x (xkin): it holds its weights, pinning those that need it."""
+    cdef Kin kin = hold_weights_out_of_line(block, n)
+    cdef node_t i = push_above(LOCAL, value, -1, -1,
+                               kin.top if kin.top > xkin.top else xkin.top)
+    cdef Py_ssize_t k
+    cdef node_t c
+    tape.param[i].kids = block
+    if kin.some & HAS_FN:
+        for k in range(n):
+            c = block[1 + 2 * k]
+            if (tape.flags[c] & (HAS_FN | PINNED)) == HAS_FN:
+                pin(c)
+    # the edges go down if the node is above all its children (push_above takes a slot
+    # below one only in a full arena) and every child's graph descends
+    if i < kin.top or i < xkin.top or not (kin.every & xkin.every & DESCENDS):
+        tape.flags[i] &= ~DESCENDS
+    tape.flags[i] |= IN_CHUNK
+    return i
 
 
 cdef object rmsnorm_layer(object x, object eps):
@@ -581,10 +588,8 @@ cdef object softmax_layer(object logits):
     cdef Py_ssize_t n = len(xs), k
     cdef bint grad = recording()
     cdef real_t* xv = NULL
-    cdef real_t total, r, dr
-    cdef node_t* block
-    cdef real_t* d
-    cdef node_t ti
+    cdef node_t* slot = NULL            # the logits' slots, then the outputs'
+    cdef real_t total, r
     cdef list out
     cdef Blocks blocks
     blocks.items = NULL
@@ -596,14 +601,14 @@ cdef object softmax_layer(object logits):
         total = shifted_exps(xv, n, &xv[n])
         pow_forward(total, -1.0, &r)            # e / total is e * total ** -1
         if grad:
+            safe_realloc(<void**>&slot, 2 * n, sizeof(node_t))
             blocks_init(&blocks, n + 1)
-            blocks_new(&blocks, <node_t>n)
-            for k in range(n):
-                blocks_new(&blocks, 2)
+            softmax_blocks(&blocks, n)
         out = new_handles(type(xs[0]), n)
         reserve(<node_t>(n + 1))
     except BaseException:
         blocks_free(&blocks, False)
+        PyMem_Free(slot)
         PyMem_Free(xv)
         raise
     if not grad:
@@ -611,24 +616,48 @@ cdef object softmax_layer(object logits):
             attach(<_Handle>out[k], push(LEAF, mul_forward(xv[n + k], r), -1, -1))
         PyMem_Free(xv)
         return out
-    block = blocks.items[0]
-    d = local_grads_of(block)
     for k in range(n):
-        block[k + 1] = (<_Handle>xs[k]).slot
-        d[k] = exp_da(xv[n + k])                # through exp, and x - m's 1
-    ti = push_local(block, total)
-    dr = pow_da(total, -1.0)
+        slot[k] = (<_Handle>xs[k]).slot
+    push_softmax(blocks.items, slot, &xv[n], n, total, r, &slot[n])
     for k in range(n):
-        block = blocks.items[k + 1]
-        d = local_grads_of(block)
-        block[1] = (<_Handle>xs[k]).slot
-        block[2] = ti
-        d[0] = mul_da(r) * exp_da(xv[n + k])    # e_k * r, through e_k
-        d[1] = mul_db(xv[n + k]) * dr           # through total ** -1
-        attach(<_Handle>out[k], push_local(block, mul_forward(xv[n + k], r)))
+        attach(<_Handle>out[k], slot[n + k])
     blocks_free(&blocks, True)
+    PyMem_Free(slot)
     PyMem_Free(xv)
     return out
+
+
+cdef int softmax_blocks(Blocks* blocks, Py_ssize_t n) except -1:
+    # the n + 1 blocks of a softmax of n logits, added to blocks (which has room for them)
+    cdef Py_ssize_t k
+    blocks_new(blocks, <node_t>n)
+    for k in range(n):
+        blocks_new(blocks, 2)
+    return 0
+
+
+cdef void push_softmax(node_t** blocks, const node_t* xslot, const real_t* e, Py_ssize_t n,
+                       real_t total, real_t r, node_t* out) noexcept:
+    """The nodes of a softmax over the logits in slots xslot, after reserve(n + 1): the
+    total, then each probability, their slots written to out. e holds the shifted exps,
+    total their sum and r total ** -1; blocks the n + 1 blocks of softmax_blocks."""
+    cdef node_t* block = blocks[0]
+    cdef real_t* d = local_grads_of(block)
+    cdef real_t dr = pow_da(total, -1.0)
+    cdef Py_ssize_t k
+    cdef node_t ti
+    for k in range(n):
+        block[k + 1] = xslot[k]
+        d[k] = exp_da(e[k])                     # through exp, and x - m's 1
+    ti = push_local(block, total)
+    for k in range(n):
+        block = blocks[k + 1]
+        d = local_grads_of(block)
+        block[1] = xslot[k]
+        block[2] = ti
+        d[0] = mul_da(r) * exp_da(e[k])         # e_k * r, through e_k
+        d[1] = mul_db(e[k]) * dr                # through total ** -1
+        out[k] = push_local(block, mul_forward(e[k], r))
 
 
 cdef object cross_entropy_layer(object logits, Py_ssize_t target):
@@ -669,9 +698,161 @@ cdef object cross_entropy_layer(object logits, Py_ssize_t target):
     return attach(h, push_local(block, loss))
 
 
+cdef object attention_layer(object q, object keys, object values, object n_head):
+    """microgpt's attention of one position over its cache, head by head: with
+    hd = len(q) // n_head, c = (hd ** 0.5) ** -1 and lo = h * hd for head h,
+        logits = linear(q[lo:lo + hd], [k[lo:lo + hd] for k in keys])
+        weights = softmax(mul(logits, c))
+        out += linear(weights, [[v[lo + j] for v in values] for j in range(hd)])
+    The same nodes, in the same order, as those calls; only the outputs get handles.
+    Every value but the outputs' is computed, and everything allocated, before the first
+    node; the outputs' rows are filled as they are pushed (their x, the weights, has
+    slots only then)."""
+    cdef list qs = list(q)              # (copies, which hold the Values: see the top)
+    cdef list ks, vs
+    cdef Py_ssize_t E = len(qs), T, H, hd, h, t, j, lo, nodes
+    cdef bint grad = recording()
+    cdef real_t c, root
+    cdef real_t* val = NULL             # q's values; each head's logits, exps and weights
+    cdef node_t* slot = NULL            # q's slots, keys' (by position), values' (by
+                                        # dimension), then a head's scaled logits' and
+                                        # weights'
+    cdef char** chunks = NULL           # each head's two chunks: logits, outputs
+    cdef real_t* qval
+    cdef real_t* lg
+    cdef real_t* e
+    cdef real_t* p
+    cdef real_t* sums                   # each head's exps' total and its ** -1
+    cdef node_t* qslot
+    cdef node_t* kslot
+    cdef node_t* vslot
+    cdef node_t* sslot
+    cdef node_t* pslot
+    cdef node_t* block
+    cdef Kin xkin
+    cdef Blocks blocks
+    cdef list out
+    blocks.items = NULL
+    blocks.size = 0
+    if PyBool_Check(n_head) or not isinstance(n_head, int):
+        raise TypeError(f"attention: n_head must be an int, not {type(n_head).__name__!r}")
+    if n_head < 1:
+        raise ValueError(f"attention: n_head must be at least 1, not {n_head}")
+    if E == 0:
+        raise ValueError("attention: q is empty")
+    if E % n_head:
+        raise ValueError(f"attention: q's {E} values do not split into {n_head} heads")
+    H = n_head
+    hd = E // H
+    ks = [list(k) for k in keys]
+    vs = [list(v) for v in values]
+    T = len(ks)
+    if T == 0:
+        raise ValueError("attention over no keys")
+    if len(vs) != T:
+        raise ValueError(f"attention: {T} keys but {len(vs)} values")
+    for t in range(T):
+        if len(<list>ks[t]) != E:
+            raise ValueError(f"attention: key {t} has {len(<list>ks[t])} values, but q has {E}")
+        if len(<list>vs[t]) != E:
+            raise ValueError(f"attention: value {t} has {len(<list>vs[t])} values, but q has {E}")
+    if T > (INT32_MAX - 2) // 2 or H * (4 * T + 1) + E > INT32_MAX // 2:
+        raise MemoryError("fastgrad: too many terms for one attention")
+    first = qs[0]
+    kind = handle_class(first, "attention's q")
+    check_handles(qs, kind, <_Handle>first, "attention's q")
+    for t in range(T):
+        check_handles(<list>ks[t], kind, <_Handle>first, "attention's keys")
+        check_handles(<list>vs[t], kind, <_Handle>first, "attention's values")
+    pow_forward(<real_t>hd, 0.5, &root)     # s / hd ** 0.5 is s * (hd ** 0.5) ** -1
+    pow_forward(root, -1.0, &c)
+    nodes = H * (4 * T + 1) + E if grad else E
+    try:
+        safe_realloc(<void**>&val, E + H * (3 * T + 2), sizeof(real_t))
+        safe_realloc(<void**>&slot, E + 2 * T * E + 2 * T, sizeof(node_t))
+        qval, lg = val, &val[E]
+        qslot, kslot, vslot = slot, &slot[E], &slot[E + T * E]
+        sslot, pslot = &slot[E + 2 * T * E], &slot[E + 2 * T * E + T]
+        for j in range(E):
+            qslot[j] = (<_Handle>qs[j]).slot
+            qval[j] = tape.value[qslot[j]]
+        for t in range(T):
+            for j in range(E):
+                kslot[t * E + j] = (<_Handle>(<list>ks[t])[j]).slot
+                vslot[j * T + t] = (<_Handle>(<list>vs[t])[j]).slot
+        if grad:
+            safe_realloc(<void**>&chunks, 2 * H, sizeof(char*))
+            memset(chunks, 0, 2 * H * sizeof(char*))
+            blocks_init(&blocks, H * (T + 1))
+            for h in range(H):
+                chunks[2 * h] = new_chunk(T, <node_t>(2 * hd))
+                chunks[2 * h + 1] = new_chunk(hd, <node_t>(2 * T))
+                softmax_blocks(&blocks, T)
+        # each head's logits (its rows filled), exps and weights
+        for h in range(H):
+            lo = h * hd
+            lg, e, p = &val[E + h * 3 * T], &val[E + h * 3 * T + T], &val[E + h * 3 * T + 2 * T]
+            sums = &val[E + H * 3 * T + 2 * h]
+            for t in range(T):
+                if grad:
+                    lg[t] = fill_matrix_row_out_of_line(&kslot[t * E + lo], hd, &qval[lo],
+                                                        &qslot[lo],
+                                                        chunk_block(chunks[2 * h], t, <node_t>(2 * hd)))
+                else:
+                    lg[t] = matrix_row_sum(&kslot[t * E + lo], hd, &qval[lo])
+                p[t] = mul_forward(lg[t], c)    # (the scaled logits, for shifted_exps)
+            sums[0] = shifted_exps(p, T, e)
+            pow_forward(sums[0], -1.0, &sums[1])
+            for t in range(T):
+                p[t] = mul_forward(e[t], sums[1])
+        out = new_handles(kind, E)
+        reserve(<node_t>nodes)
+    except BaseException:
+        if chunks != NULL:
+            for h in range(2 * H):
+                PyMem_Free(chunks[h])
+        PyMem_Free(chunks)
+        blocks_free(&blocks, False)
+        PyMem_Free(slot)
+        PyMem_Free(val)
+        raise
+    # nothing fails from here on
+    for h in range(H):
+        lo = h * hd
+        lg, e, p = &val[E + h * 3 * T], &val[E + h * 3 * T + T], &val[E + h * 3 * T + 2 * T]
+        sums = &val[E + H * 3 * T + 2 * h]
+        if not grad:
+            for j in range(hd):
+                attach(<_Handle>out[lo + j],
+                       push(LEAF, matrix_row_sum(&vslot[(lo + j) * T], T, p), -1, -1))
+            continue
+        # linear(q[lo:lo + hd], keys' slices)
+        set_x_grads(chunks[2 * h], &qval[lo], hd)
+        xkin = hold_x(&qval[lo], &qslot[lo], hd)
+        for t in range(T):
+            sslot[t] = push_row(chunk_block(chunks[2 * h], t, <node_t>(2 * hd)), hd, lg[t],
+                                &xkin)
+        for t in range(T):
+            sslot[t] = binary_node(MUL, sslot[t], c, -1)   # mul(logits, c)
+        push_softmax(&blocks.items[h * (T + 1)], sslot, e, T, sums[0], sums[1], pslot)
+        # linear(weights, the head's dimensions of the values)
+        set_x_grads(chunks[2 * h + 1], p, T)
+        xkin = hold_x(p, pslot, T)
+        for j in range(hd):
+            block = chunk_block(chunks[2 * h + 1], j, <node_t>(2 * T))
+            attach(<_Handle>out[lo + j],
+                   push_row(block, T, fill_matrix_row_out_of_line(&vslot[(lo + j) * T], T, p,
+                                                                  pslot, block), &xkin))
+    blocks_free(&blocks, True)
+    PyMem_Free(chunks)
+    PyMem_Free(slot)
+    PyMem_Free(val)
+    return out
+
+
 # ------------------------------------------------------------------ entry points
 
-# The engine's API for fastgrad.functional's dispatch (each engine module has these four).
+# The engine's API for fastgrad.functional's dispatch (each engine module has these).
 def _linear(x, w):
     return linear_layer(x, w)
 
@@ -686,6 +867,10 @@ def _softmax(logits):
 
 def _cross_entropy(logits, Py_ssize_t target):
     return cross_entropy_layer(logits, target)
+
+
+def _attention(q, keys, values, n_head):
+    return attention_layer(q, keys, values, n_head)
 
 
 # ------------------------------------------------------------ element by element
@@ -779,6 +964,7 @@ cdef object relu_each(list xs):
 cdef object _generic_linear = None, _generic_rmsnorm = None
 cdef object _generic_softmax = None, _generic_cross_entropy = None
 cdef object _generic_add = None, _generic_mul = None, _generic_relu = None
+cdef object _generic_attention = None
 
 
 cdef inline bint is_value(object v) noexcept:
@@ -843,19 +1029,26 @@ def _fast_relu(x):
     return out if out is not None else _generic_relu(x)
 
 
-def _fast_helpers(linear, rmsnorm, softmax, cross_entropy, add, mul, relu):
+def _fast_attention(q, keys, values, n_head):
+    if starts_with_value(q):
+        return attention_layer(q, keys, values, n_head)
+    return _generic_attention(q, keys, values, n_head)
+
+
+def _fast_helpers(linear, rmsnorm, softmax, cross_entropy, add, mul, relu, attention):
     """The compiled entry points of fastgrad.functional's linear, rmsnorm, softmax,
-    cross_entropy, add, mul and relu, which hand what they do not take to the functions
-    given; they are given those functions' names, docstrings and annotations."""
+    cross_entropy, add, mul, relu and attention, which hand what they do not take to the
+    functions given; they are given those functions' names, docstrings and annotations."""
     global _generic_linear, _generic_rmsnorm, _generic_softmax, _generic_cross_entropy
-    global _generic_add, _generic_mul, _generic_relu
+    global _generic_add, _generic_mul, _generic_relu, _generic_attention
     _generic_linear, _generic_rmsnorm = linear, rmsnorm
     _generic_softmax, _generic_cross_entropy = softmax, cross_entropy
     _generic_add, _generic_mul, _generic_relu = add, mul, relu
+    _generic_attention = attention
+    generic = (linear, rmsnorm, softmax, cross_entropy, add, mul, relu, attention)
     fast = (_fast_linear, _fast_rmsnorm, _fast_softmax, _fast_cross_entropy, _fast_add,
-            _fast_mul, _fast_relu)
-    for entry, generic in zip(fast, (linear, rmsnorm, softmax, cross_entropy, add, mul,
-                                     relu)):
+            _fast_mul, _fast_relu, _fast_attention)
+    for entry, function in zip(fast, generic):
         for name in ("__name__", "__qualname__", "__module__", "__doc__", "__annotations__"):
-            setattr(entry, name, getattr(generic, name))
+            setattr(entry, name, getattr(function, name))
     return fast

@@ -1,6 +1,6 @@
 """Layers over lists of Values, each built in one engine call: microgpt's `linear`,
-`rmsnorm` and `softmax`, and `cross_entropy`; and `add`, `mul` and `relu`, element by
-element.
+`rmsnorm`, `softmax` and multi-head `attention`, and `cross_entropy`; and `add`, `mul`
+and `relu`, element by element.
 
     h = linear(x, w)                 # [sum(wi * xi for wi, xi in zip(row, x)) for row in w]
     W = matrix(w)                    # w packed once; linear(x, W) is linear(x, w), faster
@@ -8,6 +8,7 @@ element.
     h = add(h, skip)                 # [a + b for a, b in zip(h, skip)]; mul likewise
     h = relu(h)                      # [a.relu() for a in h]
     probs = softmax(logits)          # list of Values summing to 1
+    h = attention(q, keys, values, n_head)   # microgpt's heads over a KV cache
     loss = cross_entropy(logits, target)     # -log softmax(logits)[target]
     loss.backward()
 
@@ -120,6 +121,23 @@ def cross_entropy(logits: Sequence[Value], target: int) -> Value:
     return module._cross_entropy(logits, target % len(logits))
 
 
+def attention(q: Sequence[Value], keys: Sequence[Sequence[Value]],
+              values: Sequence[Sequence[Value]], n_head: int) -> list[Value]:
+    """microgpt's multi-head attention of one position over its KV cache: keys and
+    values hold one list per position so far, each as long as q, whose n_head slices of
+    hd = len(q) // n_head are the heads. For each head, with q_h, k_h, v_h its slices:
+        weights = softmax([linear(q_h, k_h)[t] / hd ** 0.5 for t in positions])
+        out += [sum(weights[t] * v_h[t][j] for t in positions) for j in range(hd)]
+    It builds what linear, mul, softmax and linear build, node for node (so the values
+    and grads are theirs, bit for bit), in one call, making handles for the outputs
+    only."""
+    try:
+        module = _ENGINE_OF[type(q[0])]
+    except (LookupError, TypeError):
+        module = _engine_of(list(q)[:1])
+    return module._attention(q, keys, values, n_head)
+
+
 def add(x: Sequence[Value], y: Sequence[Value | Number] | Number) -> list[Value]:
     """[a + b for a, b in zip(x, y)]: a '+' node per element, as the operator makes it (a
     number becomes a leaf). x holds Values of one class; y as many Values of that class
@@ -170,9 +188,9 @@ def _elementwise(op: Any, name: str, x: Sequence[Any], y: Any) -> list[Any]:
     return [op(a, b) for a, b in zip(xs, y)]
 
 
-# where the compiled engine is the chosen one, its entry points in place of the seven
+# where the compiled engine is the chosen one, its entry points in place of the eight
 # helpers: the dispatch above, done in C, with the same results and errors (anything
 # not its own goes to the functions above)
 if not TYPE_CHECKING and ENGINE == "compiled":
-    linear, rmsnorm, softmax, cross_entropy, add, mul, relu = engine._fast_helpers(
-        linear, rmsnorm, softmax, cross_entropy, add, mul, relu)
+    linear, rmsnorm, softmax, cross_entropy, add, mul, relu, attention = engine._fast_helpers(
+        linear, rmsnorm, softmax, cross_entropy, add, mul, relu, attention)

@@ -71,33 +71,24 @@ class GPT:
         return [self.bos] + [self.chars.index(c) for c in doc] + [self.bos]
 
     def new_cache(self) -> list[tuple[list[list[Any]], list[list[Any]]]]:
-        """An empty KV cache: per layer, each head's keys (one slice of head_dim Values per
-        position) and each dimension's values (one Value per position, transposed: the
-        rows linear() sums the attention weights over)."""
-        return [([[] for _ in range(self.n_head)], [[] for _ in range(self.n_embd)])
-                for _ in range(self.n_layer)]
+        """An empty KV cache: per layer, the keys and the values of the positions so far
+        (one list of n_embd Values per position, as microgpt keeps them)."""
+        return [([], []) for _ in range(self.n_layer)]
 
     def forward(self, token: int, pos: int, cache: list[Any]) -> list[Any]:
         """The logits of the next token after `token` at `pos`; cache (new_cache()) holds
         the keys and values of the earlier positions, and this one's are appended to it."""
-        W, hd, linear, rmsnorm, add = self.weights, self.head_dim, F.linear, F.rmsnorm, F.add
-        inv_root = (hd ** 0.5) ** -1            # s / sqrt(hd) is s * sqrt(hd) ** -1 on a Value
+        W, linear, rmsnorm, add = self.weights, F.linear, F.rmsnorm, F.add
         x = rmsnorm(add(W['wte'][token], W['wpe'][pos]))
         for (wq, wk, wv, wo, fc1, fc2), (keys, values) in zip(self.layers, cache):
             skip = x
             x = rmsnorm(x)
-            q, k = linear(x, wq), linear(x, wk)
-            for h, lo in enumerate(range(0, self.n_embd, hd)):
-                keys[h].append(k[lo:lo + hd])
-            for column, v in zip(values, linear(x, wv)):
-                column.append(v)
-            heads = []
-            for h, lo in enumerate(range(0, self.n_embd, hd)):
-                # q . k_t / sqrt(head_dim) for every cached position, as microgpt scales it
-                logits = linear(q[lo:lo + hd], keys[h])
-                attn = F.softmax(F.mul(logits, inv_root))
-                # sum over t of attn[t] * v_t, one output per dimension of the head
-                heads += linear(attn, values[lo:lo + hd])
+            q = linear(x, wq)
+            keys.append(linear(x, wk))
+            values.append(linear(x, wv))
+            # every head's softmax(q . k_t / sqrt(head_dim)) over the cached positions,
+            # weighting their values
+            heads = F.attention(q, keys, values, self.n_head)
             x = add(linear(heads, wo), skip)
             skip = x
             x = F.relu(linear(rmsnorm(x), fc1))

@@ -837,6 +837,43 @@ def _cross_entropy(logits, target):
     return _local_node(type(xs[0]), loss, xs, grads)
 
 
+def _attention(q, keys, values, n_head):
+    # microgpt's attention of one position, head by head, as the compiled engine's
+    # attention_layer: the layers it stands for, with the same checks first
+    qs = list(q)
+    if isinstance(n_head, bool) or not isinstance(n_head, int):
+        raise TypeError(f"attention: n_head must be an int, not {type(n_head).__name__!r}")
+    if n_head < 1:
+        raise ValueError(f"attention: n_head must be at least 1, not {n_head}")
+    if not qs:
+        raise ValueError("attention: q is empty")
+    if len(qs) % n_head:
+        raise ValueError(f"attention: q's {len(qs)} values do not split into {n_head} heads")
+    ks, vs = [list(k) for k in keys], [list(v) for v in values]
+    if not ks:
+        raise ValueError("attention over no keys")
+    if len(vs) != len(ks):
+        raise ValueError(f"attention: {len(ks)} keys but {len(vs)} values")
+    for t, (k, v) in enumerate(zip(ks, vs)):
+        if len(k) != len(qs):
+            raise ValueError(f"attention: key {t} has {len(k)} values, but q has {len(qs)}")
+        if len(v) != len(qs):
+            raise ValueError(f"attention: value {t} has {len(v)} values, but q has {len(qs)}")
+    kind = _handle_class(qs[0], "attention's q")
+    _check_handles(qs, kind, "attention's q")
+    for k, v in zip(ks, vs):
+        _check_handles(k, kind, "attention's keys")
+        _check_handles(v, kind, "attention's values")
+    hd = len(qs) // n_head
+    c = _pow_forward(-1.0, _pow_forward(0.5, float(hd)))  # s / hd ** 0.5 is s * (hd ** 0.5) ** -1
+    out = []
+    for lo in range(0, len(qs), hd):
+        logits = _linear(qs[lo:lo + hd], [k[lo:lo + hd] for k in ks])
+        weights = _softmax([s * c for s in logits])
+        out += _linear(weights, [[v[lo + j] for v in vs] for j in range(hd)])
+    return out
+
+
 class _Params:
     """The optimizers' kernels over a list of Values (fastgrad.optim), in Python."""
 
