@@ -161,9 +161,9 @@ def overhead():
                                                      "add", "mul", "relu", "attention")}
 
     def counting(name):
-        def call(*args):
+        def call(*args, **kwargs):
             counts[name] = counts.get(name, 0) + 1
-            return originals[name](*args)
+            return originals[name](*args, **kwargs)
         return call
     model = gpt_module.GPT(Value=V)
     model.train_step(0, NUM_STEPS)

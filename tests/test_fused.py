@@ -128,6 +128,54 @@ def test_linear_over_a_matrix_equals_linear_over_its_rows(V, seed):
         assert [bits(v.data) for v in F.linear(x, W)] == [bits(v.data) for v in b]
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_linear_with_relu_is_relu_of_linear(V, seed):
+    # relu=True folds [s.relu() for s in linear(x, w)] into the rows' nodes: the ReLU's
+    # values to the bit, and on a fresh graph the same grads to the bit (the rule gates
+    # grad by relu_da(value) before the products, as the ReLU node hands it to its row);
+    # over rows and a Matrix, numbers in x, and rows whose sum is negative or exactly 0
+    rnd = random.Random(seed)
+    n, m = rnd.randint(1, 12), rnd.randint(2, 9)
+    x = [V(rnd.gauss(0, 1)) for _ in range(n)]
+    if seed % 2:
+        x = [v.data if k % 3 == 1 else v for k, v in enumerate(x)]
+    w = [[V(rnd.gauss(0, 1)) for _ in range(n)] for _ in range(m)]
+    w[0] = [V(0.0) for _ in range(n)]                # a sum of 0: relu'(0) is 0
+    w[1] = [V(-v.data) for v in w[2]]                # -(row 2's sum): one of them is gated
+    xv = {v for v in x if not isinstance(v, float)}
+    numbers = {v for v in x if isinstance(v, float)}
+    params = list(xv) + sum(w, [])
+    kids = (lambda v: v._prev) if hasattr(V, "_prev") else (lambda v: set(v._children))
+    for weights in (w, F.matrix(w)):
+        def composed():
+            return [s.relu() for s in F.linear(x, weights)]
+        folded = F.linear(x, weights, relu=True)
+        assert [bits(v.data) for v in folded] == [bits(v.data) for v in composed()]
+        assert min(s.data for s in F.linear(x, weights)) < 0
+        assert grads_of(folded, params, V) == grads_of(composed(), params, V)
+        same_values_and_grads(lambda: F.linear(x, weights, relu=True),
+                              lambda: [s.relu() for s in linear(x, w)], params, V)
+        # a row is one node over its weights and x (the numbers' leaves): the ReLU has no
+        # node of its own
+        for o, row in zip(folded, w):
+            assert set(row) | xv <= kids(o)
+            assert {k.data for k in kids(o) - set(row) - xv} <= numbers
+
+
+def test_linear_with_relu_has_the_gated_local_grads(V):
+    # microgpt's _local_grads of a folded row: the row's by its children, times the
+    # ReLU's derivative (1 where the sum is positive, 0 elsewhere)
+    if not hasattr(V, "_local_grads"):
+        pytest.skip("fastgrad.engine's Value has no _local_grads")
+    x = [V(0.5), V(-1.5), V(2.0)]
+    w = [[V(1.0), V(0.5), V(0.25)], [V(-1.0), V(0.5), V(0.25)]]
+    for weights in (w, F.matrix(w)):
+        plain, folded = F.linear(x, weights), F.linear(x, weights, relu=True)
+        assert [v.data for v in folded] == [0.0 + 0.5 - 0.75 + 0.5, 0.0]
+        for p, f in zip(plain, folded):
+            assert f._local_grads == tuple(d * (p.data > 0) for d in p._local_grads)
+
+
 def test_a_matrix_is_a_read_only_sequence_of_its_rows(V):
     import pickle
     w = [[V(0.5), V(-1.0), V(2.0)], [V(0.25), V(0.0), V(-3.0)]]
@@ -321,6 +369,8 @@ def test_gradcheck_of_every_layer(V):
     assert gradcheck(lambda *v: F.softmax(list(v))[1] * 3 + F.softmax(list(v))[2], xs)
     assert gradcheck(lambda *v: F.cross_entropy(list(v), 2), xs)
     assert gradcheck(lambda *v: F.linear(list(v[:2]), [list(v[2:])])[0], xs)
+    assert gradcheck(lambda *v: sum(F.linear(list(v[:2]), [list(v[2:]), list(v[:2])],
+                                             relu=True)), xs)
 
 
 def test_one_node_per_output_where_it_makes_backward_cheap(V):
@@ -341,10 +391,13 @@ def test_no_grad_gives_leaves(V):
     w = [[V(1.0), V(2.0), V(3.0)]]
     keys, values = [x[1:] + x[:1], w[0]], [w[0], x]
     with no_grad():
-        outs = (F.linear(x, w) + F.rmsnorm(x) + F.softmax(x) + [F.cross_entropy(x, 0)] +
+        outs = (F.linear(x, w) + F.linear(x, [w[0], x], relu=True) +
+                F.linear(x, F.matrix([x, w[0]]), relu=True) +
+                F.rmsnorm(x) + F.softmax(x) + [F.cross_entropy(x, 0)] +
                 F.add(x, w[0]) + F.mul(x, 3) + F.relu(x) +
                 F.attention(x[:2], [k[:2] for k in keys], [v[:2] for v in values], 2))
-    plain = (linear(x, w) + rmsnorm(x) + softmax(x) + [cross_entropy(x, 0)] +
+    plain = (linear(x, w) + [s.relu() for s in linear(x, [w[0], x]) + linear(x, [x, w[0]])] +
+             rmsnorm(x) + softmax(x) + [cross_entropy(x, 0)] +
              [a + b for a, b in zip(x, w[0])] + [a * 3 for a in x] + [a.relu() for a in x] +
              attention_as_microgpt(x[:2], [k[:2] for k in keys], [v[:2] for v in values], 2))
     assert [o.data for o in outs] == [p.data for p in plain]
@@ -396,6 +449,9 @@ def other(V):
     (lambda V, x, w: F.linear(x, [w[0], [w[1][0], "b", w[1][2]]]), TypeError),   # in row 2
     (lambda V, x, w: F.linear(x[:2], F.matrix(w)), ValueError),
     (lambda V, x, w: F.linear(x[:2] + ["c"], F.matrix(w)), TypeError),
+    (lambda V, x, w: F.linear(x, w, relu=1), TypeError),               # relu not a bool
+    (lambda V, x, w: F.linear(x, F.matrix(w), relu=None), TypeError),
+    (lambda V, x, w: F.linear(x[:2], w, relu=True), ValueError),
     (lambda V, x, w: F.rmsnorm([]), ValueError),
     (lambda V, x, w: F.rmsnorm(x + [1.0]), TypeError),
     (lambda V, x, w: F.rmsnorm(x, eps="big"), TypeError),
@@ -425,7 +481,8 @@ def other(V):
     (lambda V, x, w: F.attention(x, [[other(V)(1.0)] * 3] * 2, w, 1), TypeError),
     (lambda V, x, w: F.attention([1.0, 2.0, 3.0], w, w, 1), TypeError),  # numbers in q
 ], ids=["ragged", "mismatch", "empty-x", "number-weights", "str-x", "late-weight",
-        "matrix-mismatch", "matrix-str-x", "rms-empty",
+        "matrix-mismatch", "matrix-str-x", "relu-flag-int", "matrix-relu-flag-none",
+        "relu-mismatch", "rms-empty",
         "rms-number", "rms-eps", "rms-zero", "softmax-empty", "softmax-number", "ce-range",
         "ce-float", "add-mismatch", "mul-mismatch", "add-number-x", "mul-str-y", "add-str",
         "mul-other-class", "relu-str", "add-huge-int", "attn-float-heads", "attn-bool-heads",
@@ -458,10 +515,13 @@ def test_the_helpers_are_the_compiled_entry_points():
         assert (f.__name__, f.__module__) == (name, "fastgrad.functional")
         assert f.__doc__ and f.__annotations__
     assert list(inspect.signature(F.rmsnorm).parameters) == ["x", "eps"]
+    relu = inspect.signature(F.linear).parameters["relu"]
+    assert (relu.kind, relu.default) == (inspect.Parameter.KEYWORD_ONLY, False)
     assert inspect.signature(F.rmsnorm).parameters["eps"].default == 1e-5
     for V in (reference.Value, reference.GptValue):
         x = [V(0.5), V(-1.5)]
-        outs = (F.linear(x, [[V(2.0), V(3.0)]]), F.rmsnorm(x), F.softmax(x),
+        outs = (F.linear(x, [[V(2.0), V(3.0)]]), F.linear(x, [x], relu=True), F.rmsnorm(x),
+                F.softmax(x),
                 [F.cross_entropy(x, -1)], F.add(x, x), F.mul(x, [1, 2.0]), F.relu(x),
                 F.attention(x, [x], [x], 2))
         assert all(type(v) is V for out in outs for v in out)
@@ -470,6 +530,7 @@ def test_the_helpers_are_the_compiled_entry_points():
         w = [[V(2.0), V(3.0)]]
         assert F.linear(x, w)[0].data == _core._linear(x, w)[0].data == -3.5
         assert F.linear(x, F.matrix(w))[0].data == -3.5
+        assert F.linear(x, w, relu=True)[0].data == _core._linear(x, w, True)[0].data == 0.0
         assert F.cross_entropy(x, -2).data == _core._cross_entropy(x, 0).data
         with pytest.raises(TypeError, match="target must be an int"):
             F.cross_entropy(x, True)
@@ -670,8 +731,8 @@ def test_a_leaf_given_a_backward_after_a_backward_has_it_called(V):
 
 
 @compiled
-@pytest.mark.parametrize("layer", ["linear", "linear-matrix", "rmsnorm", "softmax", "cross_entropy",
-                                   "add", "mul", "relu", "attention"])
+@pytest.mark.parametrize("layer", ["linear", "linear-matrix", "linear-relu", "rmsnorm", "softmax",
+                                   "cross_entropy", "add", "mul", "relu", "attention"])
 def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(layer):
     # a collection can run inside a helper (making its handles allocates), and a finalizer
     # may then empty the lists it was given of their Values: the helper reads its own copy
@@ -682,6 +743,7 @@ def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(laye
     make = {
         "linear": lambda x, w: F.linear(x, w),
         "linear-matrix": lambda x, w: F.linear(x, F.matrix(w)),
+        "linear-relu": lambda x, w: F.linear(x, w, relu=True),
         "rmsnorm": lambda x, w: F.rmsnorm(x),
         "softmax": lambda x, w: F.softmax(x),
         "cross_entropy": lambda x, w: [F.cross_entropy(x, 1)],
@@ -738,8 +800,8 @@ def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(laye
 
 @compiled
 @pytest.mark.parametrize("layer", ["linear", "linear-numbers", "linear-matrix", "matrix",
-                                   "rmsnorm", "softmax", "cross_entropy", "attention",
-                                   "gpt-value"])
+                                   "linear-relu", "linear-matrix-relu", "rmsnorm", "softmax",
+                                   "cross_entropy", "attention", "gpt-value"])
 def test_failed_allocation_leaves_no_half_built_layer(layer):
     from fastgrad import _core
     V = _core.Value if layer != "gpt-value" else _core.GptValue
@@ -751,6 +813,8 @@ def test_failed_allocation_leaves_no_half_built_layer(layer):
         "linear-numbers": lambda: F.linear([0.5] * 4 + x[4:], w),
         "linear-matrix": lambda: F.linear([0.5] * 4 + x[4:], W),
         "matrix": lambda: list(sum(F.matrix(w), ())),   # (its Values, to compare)
+        "linear-relu": lambda: F.linear([-0.5] * 4 + x[4:], w, relu=True),
+        "linear-matrix-relu": lambda: F.linear([-0.5] * 4 + x[4:], W, relu=True),
         "rmsnorm": lambda: F.rmsnorm(x),
         "softmax": lambda: F.softmax(x),
         "cross_entropy": lambda: F.cross_entropy(x, 3),

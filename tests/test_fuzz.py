@@ -105,10 +105,14 @@ class API(RuleBasedStateMachine):
             w = [[pairs[(i + 7 * r) % len(pairs)] for i in picks] for r in range(rows)]
             x = [(n, n) if n is not None else p for p, n in zip(x, numbers + [None] * len(x))]
             # (the weights as rows, or packed: F.matrix refuses no rows on both engines)
+            # (which > 3: the ReLU folded into the rows)
             pack = F.matrix if kind == 'linear-matrix' else list
+            relu = which > 3
             return same_outcome(
-                lambda: F.linear([a for a, _ in x], pack([[a for a, _ in r] for r in w])),
-                lambda: F.linear([b for _, b in x], pack([[b for _, b in r] for r in w])))
+                lambda: F.linear([a for a, _ in x], pack([[a for a, _ in r] for r in w]),
+                                 relu=relu),
+                lambda: F.linear([b for _, b in x], pack([[b for _, b in r] for r in w]),
+                                 relu=relu))
         if kind == 'rmsnorm':
             return same_outcome(lambda: F.rmsnorm([a for a, _ in x], eps),
                                 lambda: F.rmsnorm([b for _, b in x], eps))

@@ -42,6 +42,8 @@ cdef enum:
                     # linear call (see new_chunk)
     LEAF_WEIGHTS = 2048  # IN_CHUNK: the row's weights (its odd children) are leaves, so
                     # the descending pass need not mark them reached (a leaf has no rule)
+    RELU_ROW = 4096 # IN_CHUNK: the row is relu(sum) (linear(..., relu=True)): its value is
+                    # the ReLU's, and its rule first multiplies grad by relu_da(value)
 
 cdef enum:
     FREE_LEVELS = 6         # levels of the free-slot tree: 64**6 slots > the 2**31 - 1 a

@@ -351,7 +351,7 @@ cdef real_t (*fill_matrix_row_out_of_line)(const node_t*, Py_ssize_t, const real
 fill_matrix_row_out_of_line = fill_matrix_row
 
 
-cdef list linear_of_matrix(list xs, Matrix w):
+cdef list linear_of_matrix(list xs, Matrix w, bint relu):
     """_linear over a Matrix: the same nodes, values and grads, but its weights are known
     to be live Values of one class (the Matrix holds them), and the chunk holds the Matrix
     rather than each row its weights; so the rows are filled with no check, and their
@@ -363,7 +363,9 @@ cdef list linear_of_matrix(list xs, Matrix w):
     cdef char* chunk = NULL
     cdef node_t* block
     cdef node_t i, top
-    cdef uint16_t every, row_flags = IN_CHUNK | (LEAF_WEIGHTS if w.leaves else 0)
+    cdef uint16_t every, row_flags = (IN_CHUNK | (LEAF_WEIGHTS if w.leaves else 0) |
+                                      (RELU_ROW if relu else 0))
+    cdef real_t total
     cdef Kin xkin
     cdef list out
     if len(xs) != n:
@@ -386,7 +388,8 @@ cdef list linear_of_matrix(list xs, Matrix w):
     # nothing fails from here on
     if not grad:
         for r in range(m):
-            attach(<_Handle>out[r], push(LEAF, matrix_row_sum(&w.slot[r * n], n, xval), -1, -1))
+            total = matrix_row_sum(&w.slot[r * n], n, xval)
+            attach(<_Handle>out[r], push(LEAF, relu_forward(total) if relu else total, -1, -1))
     else:
         xkin = hold_x(xval, xslot, n)
         (<ChunkHeader*>chunk).matrix = <PyObject*>w
@@ -395,8 +398,8 @@ cdef list linear_of_matrix(list xs, Matrix w):
         every = w.every & xkin.every & DESCENDS
         for r in range(m):
             block = chunk_block(chunk, r, <node_t>(2 * n))
-            i = push_above(LOCAL, fill_matrix_row_out_of_line(&w.slot[r * n], n, xval, xslot,
-                                                              block), -1, -1, top)
+            total = fill_matrix_row_out_of_line(&w.slot[r * n], n, xval, xslot, block)
+            i = push_above(LOCAL, relu_forward(total) if relu else total, -1, -1, top)
             tape.param[i].kids = block
             if i < top or not every:        # (as in _linear)
                 tape.flags[i] &= ~DESCENDS
@@ -407,19 +410,23 @@ cdef list linear_of_matrix(list xs, Matrix w):
     return out
 
 
-cdef object linear_layer(object x, object w):
+cdef object linear_layer(object x, object w, object relu):
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w], one LOCAL node per row
     (children w0, x0, w1, x1, ...; local derivatives x0, w0, x1, w1, ..., the x's kept
     once in the chunk). A number in x becomes a leaf, shared by the rows. The rows'
-    blocks are one chunk (new_chunk).
+    blocks are one chunk (new_chunk). With relu True, each row is relu(sum) instead,
+    in the same node (RELU_ROW).
 
     Every row has the same x, so x's share of the bookkeeping is done once per call:
     the rows' chunk holds one reference to each x for them all, and x's flags are read
     once; a row's weights are held and summarised (Kin) in one loop (hold_weights)
     before its node is pushed. w may be a Matrix: see linear_of_matrix."""
+    if type(relu) is not bool:
+        raise TypeError(f"linear's relu must be True or False, not {type(relu).__name__!r}")
+    cdef bint fold = relu
     cdef list xs = list(x)             # (a copy: see the note at the top)
     if type(w) is Matrix:
-        return linear_of_matrix(xs, <Matrix>w)
+        return linear_of_matrix(xs, <Matrix>w, fold)
     cdef list rows = [row_ if type(row_) is list else list(row_) for row_ in w]
     cdef Py_ssize_t n = len(xs), m = len(rows), r, k, numbers
     cdef bint grad = recording()
@@ -427,6 +434,7 @@ cdef object linear_layer(object x, object w):
     cdef node_t* xslot = NULL           # x's slots (-1 for a number until its leaf is made)
     cdef char* chunk = NULL             # the rows' blocks
     cdef node_t* block
+    cdef node_t i
     cdef Kin xkin
     cdef list row, out
     for r in range(m):
@@ -468,6 +476,9 @@ cdef object linear_layer(object x, object w):
         PyMem_Free(xslot)
         raise
     # nothing fails from here on
+    if fold:
+        for r in range(m):
+            xval[n + r] = relu_forward(xval[n + r])
     if not grad:
         for r in range(m):
             attach(<_Handle>out[r], push(LEAF, xval[n + r], -1, -1))
@@ -480,7 +491,10 @@ cdef object linear_layer(object x, object w):
         if numbers:
             for k in range(n):
                 block[2 + 2 * k] = xslot[k]
-        attach(<_Handle>out[r], push_row(block, n, xval[n + r], &xkin))
+        i = push_row(block, n, xval[n + r], &xkin)
+        if fold:
+            tape.flags[i] |= RELU_ROW
+        attach(<_Handle>out[r], i)
     PyMem_Free(xval)
     PyMem_Free(xslot)
     return out
@@ -853,8 +867,8 @@ cdef object attention_layer(object q, object keys, object values, object n_head)
 # ------------------------------------------------------------------ entry points
 
 # The engine's API for fastgrad.functional's dispatch (each engine module has these).
-def _linear(x, w):
-    return linear_layer(x, w)
+def _linear(x, w, relu=False):
+    return linear_layer(x, w, relu)
 
 
 def _rmsnorm(x, eps):
@@ -980,11 +994,11 @@ cdef inline bint starts_with_value(object seq) noexcept:
     return False
 
 
-def _fast_linear(x, w):
+def _fast_linear(x, w, *, relu=False):
     if type(w) is Matrix or (type(w) is list and len(<list>w) > 0 and
                              starts_with_value((<list>w)[0])):
-        return linear_layer(x, w)
-    return _generic_linear(x, w)
+        return linear_layer(x, w, relu)
+    return _generic_linear(x, w, relu=relu)
 
 
 def _fast_rmsnorm(x, eps=1e-5):

@@ -244,7 +244,9 @@ cdef node_t row_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
     as a LOCAL node's. With reached (the descending pass), the marks: the weights (odd
     children) unless they are leaves (LEAF_WEIGHTS: no rule to reach), and x (even
     children) only if no row of the chunk has marked it in this pass
-    (ChunkHeader.marked)."""
+    (ChunkHeader.marked). A RELU_ROW is relu(sum): by the chain rule its derivatives are
+    the sum's times relu_da(value), applied to grad first, as the ReLU node of
+    relu(linear(...)) would give it to the row (so the products are the same)."""
     cdef node_t* kids = tape.param[i].kids
     cdef ChunkHeader* chunk = <ChunkHeader*>chunk_of(kids)
     cdef real_t* dw = chunk_x_grads(<char*>chunk)
@@ -252,6 +254,8 @@ cdef node_t row_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
     cdef real_t* grad = tape.grad
     cdef real_t g = grad[i]
     cdef node_t n = kids[0], k, c, new = 0
+    if tape.flags[i] & RELU_ROW:
+        g = relu_da(tape.value[i]) * g
     for k in range(n // 2):
         grad[kids[2 * k + 1]] += dw[k] * g
         grad[kids[2 * k + 2]] += dx[k] * g
@@ -433,6 +437,7 @@ cdef tuple local_grads(node_t i):
     cdef node_t* kids
     cdef real_t* d
     cdef real_t* dw
+    cdef real_t gate
     if o == LEAF:
         return ()
     elif o == ADD:
@@ -469,7 +474,9 @@ cdef tuple local_grads(node_t i):
         d = local_grads_of(kids)
         if tape.flags[i] & IN_CHUNK:        # (w0, x0, w1, x1, ...: see row_rule_marking)
             dw = chunk_x_grads(chunk_of(kids))
-            return tuple([dw[k // 2] if k % 2 == 0 else d[k // 2] for k in range(kids[0])])
+            gate = relu_da(tape.value[i]) if tape.flags[i] & RELU_ROW else 1.0
+            return tuple([(dw[k // 2] if k % 2 == 0 else d[k // 2]) * gate
+                          for k in range(kids[0])])
         return tuple([d[k] for k in range(kids[0])])
     elif o == CUSTOM:                   # (no built-in rule: it adds nothing)
         kids = tape.param[i].kids

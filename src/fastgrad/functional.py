@@ -3,6 +3,7 @@
 and `relu`, element by element.
 
     h = linear(x, w)                 # [sum(wi * xi for wi, xi in zip(row, x)) for row in w]
+    h = linear(x, w, relu=True)      # [s.relu() for s in linear(x, w)], in the same nodes
     W = matrix(w)                    # w packed once; linear(x, W) is linear(x, w), faster
     h = rmsnorm(h)                   # [xi * (mean(xi * xi) + eps) ** -0.5 for xi in h]
     h = add(h, skip)                 # [a + b for a, b in zip(h, skip)]; mul likewise
@@ -61,12 +62,16 @@ def _engine_of(values: Sequence[Any]) -> ModuleType:
 # helpers are called once per layer, so this Python was per-call overhead (the microgpt
 # benchmark's overhead table measures it).
 
-def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]]) -> list[Value]:
+def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]], *,
+           relu: bool = False) -> list[Value]:
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w]: one node per row, its
     children the row's weights and x (a number in x becomes a leaf). Every row must have
     len(x) weights; w may be a matrix() of them. Attention works through it too:
     linear(q, keys) gives the logits q . k_t, and
-    linear(weights, [[v[j] for v in values] for j ...]) the head's output."""
+    linear(weights, [[v[j] for v in values] for j ...]) the head's output.
+
+    relu=True gives [s.relu() for s in linear(x, w)] with the ReLU in the row's node: the
+    same values, and the same grads, with half the nodes (an MLP's hidden layer)."""
     try:
         module = _ENGINE_OF[type(w[0][0])]
     except (LookupError, TypeError):        # no rows, an empty row, rows not indexable
@@ -74,7 +79,7 @@ def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]]) -> list[Va
         if w and not isinstance(w[0], (list, tuple)):
             w = [list(r) for r in w]
         module = _engine_of((w[0][0],) if w and w[0] else tuple(x[:1]))
-    return module._linear(x, w)
+    return module._linear(x, w, relu)
 
 
 def matrix(rows: Iterable[Iterable[Value]]) -> Any:

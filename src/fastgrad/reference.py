@@ -745,7 +745,9 @@ class Matrix:
         return (Matrix, (self._rows,))
 
 
-def _linear(x, w):
+def _linear(x, w, relu=False):
+    if type(relu) is not bool:
+        raise TypeError(f"linear's relu must be True or False, not {type(relu).__name__!r}")
     xs = list(x)
     rows = [list(r) for r in w]
     n = len(xs)
@@ -774,6 +776,12 @@ def _linear(x, w):
             acc = acc + wi._data * xi._data
             children += [wi, xi]
             grads += [xi._data, wi._data]
+        if relu:
+            # relu(sum) in the row's node: the ReLU's value, and by the chain rule the
+            # sum's derivatives times the ReLU's (0 or 1, as _relu_rule multiplies by)
+            acc = _relu_forward(None, acc)
+            gate = float(acc > 0)
+            grads = [d * gate for d in grads]
         out.append(_local_node(kind, acc, children, grads))
     return out
 
