@@ -90,6 +90,8 @@ cdef extern from "Python.h":
     void* type_of "Py_TYPE"(PyObject* o)           # (of a borrowed reference)
     PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)   # a borrowed reference
     PyObject** list_items "PySequence_Fast_ITEMS"(list l)   # a list's item array
+    list new_list "PyList_New"(Py_ssize_t n)    # n items, all NULL until set
+    void list_set_item "PyList_SET_ITEM"(list l, Py_ssize_t i, PyObject* o)   # steals o
     void incref "Py_INCREF"(PyObject* o)
     void decref "Py_DECREF"(PyObject* o)
     # (the handles' own allocation: see _core_operands.pxi)

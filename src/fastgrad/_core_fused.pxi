@@ -81,9 +81,17 @@ cdef int check_handles(list vs, object kind, _Handle first, str what) except -1:
 
 
 cdef list new_handles(object kind, Py_ssize_t n):
-    if kind is Value:
-        return [new_handle() for _ in range(n)]
-    return [new_gpt_handle() for _ in range(n)]
+    # n new handles of kind, in a list made at its length (a comprehension appends, and
+    # grows the list as it goes); if making one fails, the list dies with NULL items left,
+    # which a list's deallocator skips
+    cdef list out = new_list(n)
+    cdef Py_ssize_t k
+    cdef bint plain = kind is Value
+    for k in range(n):
+        h = new_handle() if plain else new_gpt_handle()
+        incref(<PyObject*>h)
+        list_set_item(out, k, <PyObject*>h)
+    return out
 
 
 cdef int read_values(list vs, real_t* out) except -1:
