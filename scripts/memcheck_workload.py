@@ -102,8 +102,8 @@ for V in (Value, GptValue):
     x = [V(0.1 * k - 0.3) for k in range(6)]
     w = [[V(0.05 * (j - k)) for j in range(6)] for k in range(4)]
     h = F.rmsnorm(F.linear(x, w) + [0.5, V(1.0)][1:])
-    h = (h[:1] + F.linear(h + x[:1], F.matrix(w[:2]), relu=True) +    # (ReLU rows, 5 in all)
-         F.linear(h[:3] + x[3:], w, relu=True)[:2])
+    h = (h[:1] + F.linear(h + x[:1], F.matrix(w[:2]), x[4:], relu=True) +   # (ReLU and
+         F.linear(h[:3] + x[3:], w, x[2:], relu=True)[:2])                # bias rows: 5)
     head = F.matrix([[V(0.2 + 0.1 * k) for k in range(5)] for _ in range(3)])
     logits = F.linear([e.relu() for e in h], head)      # (the chunk holds the Matrix)
     del head
@@ -118,7 +118,8 @@ for V in (Value, GptValue):
         for f in (lambda: F.linear([2.0] + x[1:], w), lambda: F.rmsnorm(x),
                   lambda: F.softmax(x), lambda: F.cross_entropy(x, 0),
                   lambda: F.linear(x, F.matrix(w)), lambda: F.attention(x, w, w[::-1], 3),
-                  lambda: F.linear([2.0] + x[1:], w, relu=True)):
+                  lambda: F.linear([2.0] + x[1:], w, x[:4], relu=True),
+                  lambda: F.linear(x, F.matrix(w), h[:4])):
             try: f()
             except MemoryError: pass
         _test_fail_allocs(-1)

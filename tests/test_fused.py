@@ -176,6 +176,80 @@ def test_linear_with_relu_has_the_gated_local_grads(V):
             assert f._local_grads == tuple(d * (p.data > 0) for d in p._local_grads)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_linear_with_a_bias_is_linear_plus_the_bias(V, seed):
+    # linear(x, w, bias) is [s + b for s, b in zip(linear(x, w), bias)] in the rows' nodes
+    # (a residual connection): the values to the bit and, on a fresh graph, the grads,
+    # over rows and a Matrix of leaf weights, with biases that are nodes (their graphs
+    # must be swept: the pass does not mark a Matrix's leaf weights, but must mark a
+    # bias), and with relu
+    rnd = random.Random(seed)
+    n, m = rnd.randint(1, 10), rnd.randint(1, 7)
+    base = [V(rnd.gauss(0, 1)) for _ in range(m)]
+    bias = [b * 1.5 if k % 2 else b for k, b in enumerate(base)]   # nodes and leaves
+    x = [V(rnd.gauss(0, 1)) for _ in range(n)]
+    if seed % 2:
+        x = [v.data if k % 3 == 1 else v for k, v in enumerate(x)]
+    w = [[V(rnd.gauss(0, 1)) for _ in range(n)] for _ in range(m)]
+    params = base + [v for v in x if not isinstance(v, float)] + sum(w, [])
+    params += [b for b in bias if b not in base]
+    kids = (lambda v: v._prev) if hasattr(V, "_prev") else (lambda v: set(v._children))
+    for weights in (w, F.matrix(w)):
+        for relu in (False, True):
+            def composed():
+                sums = F.add(F.linear(x, weights), bias)
+                return [s.relu() for s in sums] if relu else sums
+            folded = F.linear(x, weights, bias, relu=relu)
+            assert [bits(v.data) for v in folded] == [bits(v.data) for v in composed()]
+            assert grads_of(folded, params, V) == grads_of(composed(), params, V)
+            assert relu or all(p.grad != 0 for p in base)     # (reached through the bias)
+            same_values_and_grads(
+                lambda: F.linear(x, weights, bias, relu=relu),
+                lambda: [(s + b).relu() if relu else s + b for s, b in zip(linear(x, w), bias)],
+                params, V)
+            # one node per row: its weights, x, its bias and the 1.0 its bias is times
+            for o, row, b in zip(folded, w, bias):
+                others = kids(o) - set(row) - set(x) - {b}
+                assert {k.data for k in others} <= {1.0} | {v for v in x if isinstance(v, float)}
+                assert b in kids(o)
+
+
+def test_the_rows_hold_their_biases(V):
+    # a row holds its bias (a Matrix's rows hold no weight, so a bias is the row's own):
+    # it stays alive and swept with the list of biases gone, and dies with the rows
+    x = [V(0.5), V(-1.0)]
+    W = F.matrix([[V(0.25), V(2.0)], [V(-1.0), V(0.5)]])
+    src = V(3.0)
+    for weights in (W, [list(r) for r in W]):
+        before = arena_live(V)
+        bias = [src * 2.0, src * -1.0]
+        out = F.linear(x, weights, bias)
+        del bias
+        gc.collect()
+        src.grad = 0.0
+        sum(out, V(0.0)).backward()
+        assert [o.data for o in out] == [0.125 - 2.0 + 6.0, -0.5 - 0.5 - 3.0]
+        assert src.grad == 2.0 - 1.0
+        del out
+        assert arena_live(V) == before
+
+
+def test_linear_with_a_bias_has_the_bias_term_in_its_local_grads(V):
+    if not hasattr(V, "_local_grads"):
+        pytest.skip("fastgrad.engine's Value has no _local_grads")
+    x = [V(0.5), V(-1.5)]
+    w = [[V(1.0), V(0.5)], [V(-1.0), V(0.25)]]
+    bias = [V(2.0), V(-3.0)]
+    for weights in (w, F.matrix(w)):
+        out = F.linear(x, weights, bias, relu=True)
+        assert [o.data for o in out] == [0.5 - 0.75 + 2.0, 0.0]
+        # (w0, x0, w1, x1, b, 1.0): by w the x's, by x the w's, by b 1.0, by the 1.0 b;
+        # all times the ReLU's derivative
+        assert out[0]._local_grads == (0.5, 1.0, -1.5, 0.5, 1.0, 2.0)
+        assert out[1]._local_grads == (0.0,) * 6
+        assert out[0]._children[:5] == (w[0][0], x[0], w[0][1], x[1], bias[0])
+
+
 def test_a_matrix_is_a_read_only_sequence_of_its_rows(V):
     import pickle
     w = [[V(0.5), V(-1.0), V(2.0)], [V(0.25), V(0.0), V(-3.0)]]
@@ -371,6 +445,8 @@ def test_gradcheck_of_every_layer(V):
     assert gradcheck(lambda *v: F.linear(list(v[:2]), [list(v[2:])])[0], xs)
     assert gradcheck(lambda *v: sum(F.linear(list(v[:2]), [list(v[2:]), list(v[:2])],
                                              relu=True)), xs)
+    assert gradcheck(lambda *v: sum(F.linear(list(v[:2]), [list(v[2:]), list(v[:2])],
+                                             [v[1] * v[3], v[0]])), xs)
 
 
 def test_one_node_per_output_where_it_makes_backward_cheap(V):
@@ -392,11 +468,14 @@ def test_no_grad_gives_leaves(V):
     keys, values = [x[1:] + x[:1], w[0]], [w[0], x]
     with no_grad():
         outs = (F.linear(x, w) + F.linear(x, [w[0], x], relu=True) +
-                F.linear(x, F.matrix([x, w[0]]), relu=True) +
+                F.linear(x, F.matrix([x, w[0]]), relu=True) + F.linear(x, w, x[:1]) +
+                F.linear(x, F.matrix([x, w[0]]), x[1:], relu=True) +
                 F.rmsnorm(x) + F.softmax(x) + [F.cross_entropy(x, 0)] +
                 F.add(x, w[0]) + F.mul(x, 3) + F.relu(x) +
                 F.attention(x[:2], [k[:2] for k in keys], [v[:2] for v in values], 2))
     plain = (linear(x, w) + [s.relu() for s in linear(x, [w[0], x]) + linear(x, [x, w[0]])] +
+             [s + b for s, b in zip(linear(x, w), x[:1])] +
+             [(s + b).relu() for s, b in zip(linear(x, [x, w[0]]), x[1:])] +
              rmsnorm(x) + softmax(x) + [cross_entropy(x, 0)] +
              [a + b for a, b in zip(x, w[0])] + [a * 3 for a in x] + [a.relu() for a in x] +
              attention_as_microgpt(x[:2], [k[:2] for k in keys], [v[:2] for v in values], 2))
@@ -452,6 +531,12 @@ def other(V):
     (lambda V, x, w: F.linear(x, w, relu=1), TypeError),               # relu not a bool
     (lambda V, x, w: F.linear(x, F.matrix(w), relu=None), TypeError),
     (lambda V, x, w: F.linear(x[:2], w, relu=True), ValueError),
+    (lambda V, x, w: F.linear(x, w, x), ValueError),                   # 3 biases, 2 rows
+    (lambda V, x, w: F.linear(x, F.matrix(w), x[:1]), ValueError),
+    (lambda V, x, w: F.linear(x, w, [1.0, 2.0]), TypeError),           # numbers
+    (lambda V, x, w: F.linear(x, F.matrix(w), [x[0], "b"]), TypeError),
+    (lambda V, x, w: F.linear(x, w, [x[0], other(V)(1.0)]), TypeError),
+    (lambda V, x, w: F.linear(x, w, 3), TypeError),                    # not a sequence
     (lambda V, x, w: F.rmsnorm([]), ValueError),
     (lambda V, x, w: F.rmsnorm(x + [1.0]), TypeError),
     (lambda V, x, w: F.rmsnorm(x, eps="big"), TypeError),
@@ -482,7 +567,8 @@ def other(V):
     (lambda V, x, w: F.attention([1.0, 2.0, 3.0], w, w, 1), TypeError),  # numbers in q
 ], ids=["ragged", "mismatch", "empty-x", "number-weights", "str-x", "late-weight",
         "matrix-mismatch", "matrix-str-x", "relu-flag-int", "matrix-relu-flag-none",
-        "relu-mismatch", "rms-empty",
+        "relu-mismatch", "bias-count", "matrix-bias-count", "bias-numbers", "matrix-bias-str",
+        "bias-other-class", "bias-int", "rms-empty",
         "rms-number", "rms-eps", "rms-zero", "softmax-empty", "softmax-number", "ce-range",
         "ce-float", "add-mismatch", "mul-mismatch", "add-number-x", "mul-str-y", "add-str",
         "mul-other-class", "relu-str", "add-huge-int", "attn-float-heads", "attn-bool-heads",
@@ -517,10 +603,12 @@ def test_the_helpers_are_the_compiled_entry_points():
     assert list(inspect.signature(F.rmsnorm).parameters) == ["x", "eps"]
     relu = inspect.signature(F.linear).parameters["relu"]
     assert (relu.kind, relu.default) == (inspect.Parameter.KEYWORD_ONLY, False)
+    assert list(inspect.signature(F.linear).parameters) == ["x", "w", "bias", "relu"]
     assert inspect.signature(F.rmsnorm).parameters["eps"].default == 1e-5
     for V in (reference.Value, reference.GptValue):
         x = [V(0.5), V(-1.5)]
-        outs = (F.linear(x, [[V(2.0), V(3.0)]]), F.linear(x, [x], relu=True), F.rmsnorm(x),
+        outs = (F.linear(x, [[V(2.0), V(3.0)]]), F.linear(x, [x], relu=True),
+                F.linear(x, [x], x[:1]), F.rmsnorm(x),
                 F.softmax(x),
                 [F.cross_entropy(x, -1)], F.add(x, x), F.mul(x, [1, 2.0]), F.relu(x),
                 F.attention(x, [x], [x], 2))
@@ -530,7 +618,8 @@ def test_the_helpers_are_the_compiled_entry_points():
         w = [[V(2.0), V(3.0)]]
         assert F.linear(x, w)[0].data == _core._linear(x, w)[0].data == -3.5
         assert F.linear(x, F.matrix(w))[0].data == -3.5
-        assert F.linear(x, w, relu=True)[0].data == _core._linear(x, w, True)[0].data == 0.0
+        assert F.linear(x, w, relu=True)[0].data == _core._linear(x, w, None, True)[0].data == 0.0
+        assert F.linear(x, w, x[:1])[0].data == _core._linear(x, w, x[:1])[0].data == -3.0
         assert F.cross_entropy(x, -2).data == _core._cross_entropy(x, 0).data
         with pytest.raises(TypeError, match="target must be an int"):
             F.cross_entropy(x, True)
@@ -731,8 +820,9 @@ def test_a_leaf_given_a_backward_after_a_backward_has_it_called(V):
 
 
 @compiled
-@pytest.mark.parametrize("layer", ["linear", "linear-matrix", "linear-relu", "rmsnorm", "softmax",
-                                   "cross_entropy", "add", "mul", "relu", "attention"])
+@pytest.mark.parametrize("layer", ["linear", "linear-matrix", "linear-relu", "linear-matrix-bias",
+                                   "rmsnorm", "softmax", "cross_entropy", "add", "mul", "relu",
+                                   "attention"])
 def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(layer):
     # a collection can run inside a helper (making its handles allocates), and a finalizer
     # may then empty the lists it was given of their Values: the helper reads its own copy
@@ -744,6 +834,7 @@ def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(laye
         "linear": lambda x, w: F.linear(x, w),
         "linear-matrix": lambda x, w: F.linear(x, F.matrix(w)),
         "linear-relu": lambda x, w: F.linear(x, w, relu=True),
+        "linear-matrix-bias": lambda x, w: F.linear(x, F.matrix(w), x[:3]),
         "rmsnorm": lambda x, w: F.rmsnorm(x),
         "softmax": lambda x, w: F.softmax(x),
         "cross_entropy": lambda x, w: [F.cross_entropy(x, 1)],
@@ -800,7 +891,8 @@ def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(laye
 
 @compiled
 @pytest.mark.parametrize("layer", ["linear", "linear-numbers", "linear-matrix", "matrix",
-                                   "linear-relu", "linear-matrix-relu", "rmsnorm", "softmax",
+                                   "linear-relu", "linear-matrix-relu", "linear-bias",
+                                   "linear-matrix-bias", "rmsnorm", "softmax",
                                    "cross_entropy", "attention", "gpt-value"])
 def test_failed_allocation_leaves_no_half_built_layer(layer):
     from fastgrad import _core
@@ -815,6 +907,8 @@ def test_failed_allocation_leaves_no_half_built_layer(layer):
         "matrix": lambda: list(sum(F.matrix(w), ())),   # (its Values, to compare)
         "linear-relu": lambda: F.linear([-0.5] * 4 + x[4:], w, relu=True),
         "linear-matrix-relu": lambda: F.linear([-0.5] * 4 + x[4:], W, relu=True),
+        "linear-bias": lambda: F.linear([-0.5] * 4 + x[4:], w, x[:5]),
+        "linear-matrix-bias": lambda: F.linear([-0.5] * 4 + x[4:], W, x[3:], relu=True),
         "rmsnorm": lambda: F.rmsnorm(x),
         "softmax": lambda: F.softmax(x),
         "cross_entropy": lambda: F.cross_entropy(x, 3),

@@ -105,14 +105,17 @@ class API(RuleBasedStateMachine):
             w = [[pairs[(i + 7 * r) % len(pairs)] for i in picks] for r in range(rows)]
             x = [(n, n) if n is not None else p for p, n in zip(x, numbers + [None] * len(x))]
             # (the weights as rows, or packed: F.matrix refuses no rows on both engines)
-            # (which > 3: the ReLU folded into the rows)
+            # (which > 3: the ReLU folded into the rows; which odd: a bias per row, other
+            # nodes, one too many when which is -5)
             pack = F.matrix if kind == 'linear-matrix' else list
             relu = which > 3
+            bias = ([pairs[(picks[0] + 2 * r + 3) % len(pairs)]
+                     for r in range(rows + (which == -5))] if which % 2 else None)
             return same_outcome(
                 lambda: F.linear([a for a, _ in x], pack([[a for a, _ in r] for r in w]),
-                                 relu=relu),
+                                 bias and [a for a, _ in bias], relu=relu),
                 lambda: F.linear([b for _, b in x], pack([[b for _, b in r] for r in w]),
-                                 relu=relu))
+                                 bias and [b for _, b in bias], relu=relu))
         if kind == 'rmsnorm':
             return same_outcome(lambda: F.rmsnorm([a for a, _ in x], eps),
                                 lambda: F.rmsnorm([b for _, b in x], eps))

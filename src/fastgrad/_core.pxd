@@ -44,6 +44,10 @@ cdef enum:
                     # the descending pass need not mark them reached (a leaf has no rule)
     RELU_ROW = 4096 # IN_CHUNK: the row is relu(sum) (linear(..., relu=True)): its value is
                     # the ReLU's, and its rule first multiplies grad by relu_da(value)
+    ROW_BIAS = 8192 # IN_CHUNK, from a Matrix: the row's last term is its bias b times x's
+                    # last entry, a leaf of 1.0 (linear(x, w, bias)); the row holds b (its
+                    # Matrix holds the other weights), and the descending pass marks b
+                    # even with LEAF_WEIGHTS
 
 cdef enum:
     FREE_LEVELS = 6         # levels of the free-slot tree: 64**6 slots > the 2**31 - 1 a

@@ -252,8 +252,9 @@ cdef node_t* new_local_block(node_t n) except NULL:
 # chunk holds one reference to each x for all its rows (x is every row's), dropped with
 # its last row, when it is freed. Each row holds a reference to its weights, but for
 # rows made from a Matrix: the chunk then holds one reference to the Matrix, whose
-# handles hold the weights (its rows count no edge to them). So one row kept alive
-# keeps its call's blocks, x and weights.
+# handles hold the weights (its rows count no edge to them), and a row with a bias
+# (ROW_BIAS) holds that one. So one row kept alive keeps its call's blocks, x and
+# weights.
 # A descending pass marks x reached when it sweeps the first of a chunk's rows (x lies
 # below them all), and stamps the chunk with the pass, so that the other rows only add
 # to x's grads.
@@ -447,6 +448,8 @@ cdef void release(node_t i) noexcept:
                 matrix = (<ChunkHeader*>chunk).matrix
                 if matrix == NULL:
                     pending = drop_children(kids, 1, n, 2, pending)
+                elif tape.flags[j] & ROW_BIAS:
+                    pending = drop_children(kids, n - 1, n - 1, 1, pending)
                 (<ChunkHeader*>chunk).in_use -= 1
                 if (<ChunkHeader*>chunk).in_use == 0:
                     pending = drop_children(kids, 2, n, 2, pending)

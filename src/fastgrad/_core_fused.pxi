@@ -359,35 +359,46 @@ cdef real_t (*fill_matrix_row_out_of_line)(const node_t*, Py_ssize_t, const real
 fill_matrix_row_out_of_line = fill_matrix_row
 
 
-cdef list linear_of_matrix(list xs, Matrix w, bint relu):
+cdef list linear_of_matrix(list xs, Matrix w, bint relu, list bias):
     """_linear over a Matrix: the same nodes, values and grads, but its weights are known
     to be live Values of one class (the Matrix holds them), and the chunk holds the Matrix
     rather than each row its weights; so the rows are filled with no check, and their
-    nodes pushed with no reference or flag of a weight to read."""
+    nodes pushed with no reference or flag of a weight to read. With bias (m Values of
+    the Matrix's class), each row has one more term, its bias times a leaf of 1.0 that
+    the rows share as x's last entry, and holds its bias itself (ROW_BIAS)."""
     cdef Py_ssize_t n = w.n, m = w.m, r, numbers
+    cdef Py_ssize_t terms = n + (bias is not None)
     cdef bint grad = recording()
     cdef real_t* xval = NULL
     cdef node_t* xslot = NULL
     cdef char* chunk = NULL
     cdef node_t* block
-    cdef node_t i, top
-    cdef uint16_t every, row_flags = (IN_CHUNK | (LEAF_WEIGHTS if w.leaves else 0) |
-                                      (RELU_ROW if relu else 0))
+    cdef node_t i, top, row_top, b
+    cdef uint16_t every, row_every
+    cdef uint16_t row_flags = (IN_CHUNK | (LEAF_WEIGHTS if w.leaves else 0) |
+                               (RELU_ROW if relu else 0) | (ROW_BIAS if bias is not None else 0))
     cdef real_t total
     cdef Kin xkin
     cdef list out
     if len(xs) != n:
         raise ragged_row(0, n, len(xs))
     first = (<tuple>w.rows[0])[0]
+    if bias is not None:
+        check_bias(bias, m, w.kind, first)
+        if terms > (INT32_MAX - 2) // 2:
+            raise MemoryError("fastgrad: too many terms for one node")
     try:
-        safe_realloc(<void**>&xval, n, sizeof(real_t))
-        safe_realloc(<void**>&xslot, n, sizeof(node_t))
+        safe_realloc(<void**>&xval, terms, sizeof(real_t))
+        safe_realloc(<void**>&xslot, terms, sizeof(node_t))
         numbers = read_x(xs, w.kind, first, xval, xslot)
+        if bias is not None:
+            xval[n], xslot[n] = 1.0, -1     # (a number: hold_x makes its leaf)
+            numbers += 1
         out = new_handles(w.kind, m)
         reserve(<node_t>(m + numbers))
         if grad:
-            chunk = new_chunk(m, <node_t>(2 * n))
-            set_x_grads(chunk, xval, n)
+            chunk = new_chunk(m, <node_t>(2 * terms))
+            set_x_grads(chunk, xval, terms)
     except BaseException:
         PyMem_Free(chunk)
         PyMem_Free(xval)
@@ -397,19 +408,31 @@ cdef list linear_of_matrix(list xs, Matrix w, bint relu):
     if not grad:
         for r in range(m):
             total = matrix_row_sum(&w.slot[r * n], n, xval)
+            if bias is not None:                # (the last term, as the rows sum it)
+                total = total + tape.value[(<_Handle>bias[r]).slot] * xval[n]
             attach(<_Handle>out[r], push(LEAF, relu_forward(total) if relu else total, -1, -1))
     else:
-        xkin = hold_x(xval, xslot, n)
+        xkin = hold_x(xval, xslot, terms)
         (<ChunkHeader*>chunk).matrix = <PyObject*>w
         incref(<PyObject*>w)
         top = w.top if w.top > xkin.top else xkin.top
         every = w.every & xkin.every & DESCENDS
         for r in range(m):
-            block = chunk_block(chunk, r, <node_t>(2 * n))
+            block = chunk_block(chunk, r, <node_t>(2 * terms))
             total = fill_matrix_row_out_of_line(&w.slot[r * n], n, xval, xslot, block)
-            i = push_above(LOCAL, relu_forward(total) if relu else total, -1, -1, top)
+            row_top, row_every = top, every
+            if bias is not None:
+                b = (<_Handle>bias[r]).slot
+                total = total + tape.value[b] * xval[n]
+                block[1 + 2 * n] = b
+                block[2 + 2 * n] = xslot[n]
+                local_grads_of(block)[n] = mul_db(tape.value[b])
+                add_ref(b)
+                row_top = b if b > top else top
+                row_every &= tape.flags[b]
+            i = push_above(LOCAL, relu_forward(total) if relu else total, -1, -1, row_top)
             tape.param[i].kids = block
-            if i < top or not every:        # (as in _linear)
+            if i < row_top or not row_every:    # (as in _linear)
                 tape.flags[i] &= ~DESCENDS
             tape.flags[i] |= row_flags
             attach(<_Handle>out[r], i)
@@ -418,12 +441,22 @@ cdef list linear_of_matrix(list xs, Matrix w, bint relu):
     return out
 
 
-cdef object linear_layer(object x, object w, object relu):
+cdef int check_bias(list bias, Py_ssize_t rows, object kind, object first) except -1:
+    # linear's bias: one live Value of the weights' class per row
+    if len(bias) != rows:
+        raise ValueError(f"linear: bias has {len(bias)} values, but w has {rows} rows")
+    check_handles(bias, kind, <_Handle>first, "linear's bias")
+    return 0
+
+
+cdef object linear_layer(object x, object w, object bias, object relu):
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w], one LOCAL node per row
     (children w0, x0, w1, x1, ...; local derivatives x0, w0, x1, w1, ..., the x's kept
     once in the chunk). A number in x becomes a leaf, shared by the rows. The rows'
-    blocks are one chunk (new_chunk). With relu True, each row is relu(sum) instead,
-    in the same node (RELU_ROW).
+    blocks are one chunk (new_chunk). With a bias (one Value per row), row r is
+    sum + bias[r], in the same node: its last term is bias[r] times a leaf of 1.0, x's
+    last entry for all the rows. With relu True, each row is relu(sum) instead, in the
+    same node (RELU_ROW).
 
     Every row has the same x, so x's share of the bookkeeping is done once per call:
     the rows' chunk holds one reference to each x for them all, and x's flags are read
@@ -433,8 +466,9 @@ cdef object linear_layer(object x, object w, object relu):
         raise TypeError(f"linear's relu must be True or False, not {type(relu).__name__!r}")
     cdef bint fold = relu
     cdef list xs = list(x)             # (a copy: see the note at the top)
+    cdef list bs = None if bias is None else list(bias)
     if type(w) is Matrix:
-        return linear_of_matrix(xs, <Matrix>w, fold)
+        return linear_of_matrix(xs, <Matrix>w, fold, bs)
     cdef list rows = [row_ if type(row_) is list else list(row_) for row_ in w]
     cdef Py_ssize_t n = len(xs), m = len(rows), r, k, numbers
     cdef bint grad = recording()
@@ -448,14 +482,23 @@ cdef object linear_layer(object x, object w, object relu):
     for r in range(m):
         if len(<list>rows[r]) != n:
             raise ragged_row(r, len(<list>rows[r]), n)
+    if bs is not None and len(bs) != m:
+        raise ValueError(f"linear: bias has {len(bs)} values, but w has {m} rows")
     if m == 0:
         return []
     if n == 0:
         raise ValueError("linear: x is empty (a row needs at least one weight)")
-    if n > (INT32_MAX - 2) // 2:
+    if n + (bs is not None) > (INT32_MAX - 2) // 2:
         raise MemoryError("fastgrad: too many terms for one node")
     first = (<list>rows[0])[0]
     kind = handle_class(first, "linear's weights")
+    if bs is not None:
+        # each row's bias is one more weight, times a 1.0 in x (new lists: the rows'
+        # are the caller's)
+        check_bias(bs, m, kind, first)
+        xs.append(1.0)
+        rows = [(<list>rows[r]) + [bs[r]] for r in range(m)]
+        n += 1
     try:
         safe_realloc(<void**>&xval, n + m, sizeof(real_t))
         safe_realloc(<void**>&xslot, n, sizeof(node_t))
@@ -875,8 +918,8 @@ cdef object attention_layer(object q, object keys, object values, object n_head)
 # ------------------------------------------------------------------ entry points
 
 # The engine's API for fastgrad.functional's dispatch (each engine module has these).
-def _linear(x, w, relu=False):
-    return linear_layer(x, w, relu)
+def _linear(x, w, bias=None, relu=False):
+    return linear_layer(x, w, bias, relu)
 
 
 def _rmsnorm(x, eps):
@@ -1002,11 +1045,11 @@ cdef inline bint starts_with_value(object seq) noexcept:
     return False
 
 
-def _fast_linear(x, w, *, relu=False):
+def _fast_linear(x, w, bias=None, *, relu=False):
     if type(w) is Matrix or (type(w) is list and len(<list>w) > 0 and
                              starts_with_value((<list>w)[0])):
-        return linear_layer(x, w, relu)
-    return _generic_linear(x, w, relu=relu)
+        return linear_layer(x, w, bias, relu)
+    return _generic_linear(x, w, bias, relu=relu)
 
 
 def _fast_rmsnorm(x, eps=1e-5):

@@ -244,9 +244,10 @@ cdef node_t row_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
     as a LOCAL node's. With reached (the descending pass), the marks: the weights (odd
     children) unless they are leaves (LEAF_WEIGHTS: no rule to reach), and x (even
     children) only if no row of the chunk has marked it in this pass
-    (ChunkHeader.marked). A RELU_ROW is relu(sum): by the chain rule its derivatives are
-    the sum's times relu_da(value), applied to grad first, as the ReLU node of
-    relu(linear(...)) would give it to the row (so the products are the same)."""
+    (ChunkHeader.marked); a row's bias (ROW_BIAS) whatever LEAF_WEIGHTS says. A
+    RELU_ROW is relu(sum): by the chain rule its derivatives are the sum's times
+    relu_da(value), applied to grad first, as the ReLU node of relu(linear(...)) would
+    give it to the row (so the products are the same)."""
     cdef node_t* kids = tape.param[i].kids
     cdef ChunkHeader* chunk = <ChunkHeader*>chunk_of(kids)
     cdef real_t* dw = chunk_x_grads(<char*>chunk)
@@ -266,6 +267,10 @@ cdef node_t row_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
             c = kids[k]
             new += reached[c] == 0
             reached[c] = 1
+    elif tape.flags[i] & ROW_BIAS:
+        c = kids[n - 1]
+        new += reached[c] == 0
+        reached[c] = 1
     if chunk.marked != tape.passes:
         chunk.marked = tape.passes
         for k in range(2, n + 1, 2):

@@ -3,7 +3,7 @@
 and `relu`, element by element.
 
     h = linear(x, w)                 # [sum(wi * xi for wi, xi in zip(row, x)) for row in w]
-    h = linear(x, w, relu=True)      # [s.relu() for s in linear(x, w)], in the same nodes
+    h = linear(x, w, b, relu=True)   # [(s + c).relu() for s, c in zip(linear(x, w), b)]
     W = matrix(w)                    # w packed once; linear(x, W) is linear(x, w), faster
     h = rmsnorm(h)                   # [xi * (mean(xi * xi) + eps) ** -0.5 for xi in h]
     h = add(h, skip)                 # [a + b for a, b in zip(h, skip)]; mul likewise
@@ -62,16 +62,21 @@ def _engine_of(values: Sequence[Any]) -> ModuleType:
 # helpers are called once per layer, so this Python was per-call overhead (the microgpt
 # benchmark's overhead table measures it).
 
-def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]], *,
-           relu: bool = False) -> list[Value]:
+def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]],
+           bias: Sequence[Value] | None = None, *, relu: bool = False) -> list[Value]:
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w]: one node per row, its
     children the row's weights and x (a number in x becomes a leaf). Every row must have
     len(x) weights; w may be a matrix() of them. Attention works through it too:
     linear(q, keys) gives the logits q . k_t, and
     linear(weights, [[v[j] for v in values] for j ...]) the head's output.
 
-    relu=True gives [s.relu() for s in linear(x, w)] with the ReLU in the row's node: the
-    same values, and the same grads, with half the nodes (an MLP's hidden layer)."""
+    bias (one Value per row, of the weights' class) gives
+    [s + b for s, b in zip(linear(x, w), bias)] in the rows' nodes: a bias, or a residual
+    connection. Each row then has one more term, b times a leaf of 1.0 (x's last entry
+    for all the rows), which adds b to the sum exactly.
+    relu=True gives [s.relu() for s in ...] with the ReLU in the row's node (an MLP's
+    hidden layer). Either way the values and, on a fresh graph, the grads are the
+    expressions', with one node per row instead of two."""
     try:
         module = _ENGINE_OF[type(w[0][0])]
     except (LookupError, TypeError):        # no rows, an empty row, rows not indexable
@@ -79,7 +84,7 @@ def linear(x: Sequence[Value | Number], w: Sequence[Sequence[Value]], *,
         if w and not isinstance(w[0], (list, tuple)):
             w = [list(r) for r in w]
         module = _engine_of((w[0][0],) if w and w[0] else tuple(x[:1]))
-    return module._linear(x, w, relu)
+    return module._linear(x, w, bias, relu)
 
 
 def matrix(rows: Iterable[Iterable[Value]]) -> Any:

@@ -3,10 +3,10 @@
 The same one-layer GPT as microgpt (and examples/microgpt.py): 16-wide embeddings, 4
 heads, 16 positions, a ReLU MLP, a KV cache, trained one name per step with Adam (betas
 0.85 and 0.99, eps 1e-8, lr 0.01 decaying linearly to 0), then sampled at temperature
-0.5. Here each layer is one call of fastgrad.functional (linear, with the MLP's ReLU
-folded into its first one, attention, rmsnorm, cross_entropy; add element by element),
-which builds its nodes in C, over weight matrices packed once (functional.matrix), and
-fastgrad.optim.Adam updates the parameters in a C loop.
+0.5. Here each layer is one call of fastgrad.functional (linear, with the residual
+connections and the MLP's ReLU in its rows, attention, rmsnorm, cross_entropy; add for
+the embeddings), which builds its nodes in C, over weight matrices packed once
+(functional.matrix), and fastgrad.optim.Adam updates the parameters in a C loop.
 Seeded the same way, it draws the same weights as the pure-Python script and trains
 along its loss curve to rounding.
 
@@ -89,10 +89,10 @@ class GPT:
             # every head's softmax(q . k_t / sqrt(head_dim)) over the cached positions,
             # weighting their values
             heads = F.attention(q, keys, values, self.n_head)
-            x = add(linear(heads, wo), skip)
+            x = linear(heads, wo, skip)                 # the residual added in wo's rows
             skip = x
             x = linear(rmsnorm(x), fc1, relu=True)      # the ReLU in fc1's rows
-            x = add(linear(x, fc2), skip)
+            x = linear(x, fc2, skip)
         return linear(x, self.lm_head)
 
     def loss(self, doc: str) -> Any:

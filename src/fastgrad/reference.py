@@ -745,21 +745,29 @@ class Matrix:
         return (Matrix, (self._rows,))
 
 
-def _linear(x, w, relu=False):
+def _linear(x, w, bias=None, relu=False):
     if type(relu) is not bool:
         raise TypeError(f"linear's relu must be True or False, not {type(relu).__name__!r}")
     xs = list(x)
     rows = [list(r) for r in w]
+    bs = None if bias is None else list(bias)
     n = len(xs)
     for r, row in enumerate(rows):
         if len(row) != n:
             raise ValueError(f"linear: row {r} of w has {len(row)} weights, but x has {n} values")
+    if bs is not None and len(bs) != len(rows):
+        raise ValueError(f"linear: bias has {len(bs)} values, but w has {len(rows)} rows")
     if not rows:
         return []
     if n == 0:
         raise ValueError("linear: x is empty (a row needs at least one weight)")
     first = rows[0][0]
     kind = _handle_class(first, "linear's weights")
+    if bs is not None:
+        # each row's bias is one more weight, times a 1.0 in x (as the compiled engine)
+        _check_handles(bs, kind, "linear's bias")
+        xs.append(1.0)
+        rows = [row + [b] for row, b in zip(rows, bs)]
     for row in rows:
         _check_handles(row, kind, "linear's weights")
     for v in xs:
