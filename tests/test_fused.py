@@ -345,8 +345,9 @@ def attention_as_microgpt(q, keys, values, n_head):
 @pytest.mark.parametrize("shape", [(16, 4, 1), (16, 4, 5), (8, 2, 3), (6, 1, 2), (4, 4, 7)],
                          ids=lambda s: "E{}-H{}-T{}".format(*s))
 def test_attention_is_the_layers_it_stands_for(V, shape):
-    # node for node the per-head helpers' graph: values and grads bit for bit; and
-    # microgpt's expressions: values bit for bit, grads to rounding
+    # the per-head helpers' graph, node for node but that the scaling is in the logits'
+    # rows (no leaf of the scale and no '*' node per logit): values and grads bit for
+    # bit; and microgpt's expressions: values bit for bit, grads to rounding
     e, n_head, t = shape
     rnd = random.Random(e * 100 + t)
     q = [V(rnd.gauss(0, 1)) for _ in range(e)]
@@ -355,8 +356,8 @@ def test_attention_is_the_layers_it_stands_for(V, shape):
     leaves = q + sum(keys, []) + sum(values, [])
     before = arena_live(V)
     fused = F.attention(q, keys, values, n_head)
-    if before is not None:                  # every node of the per-head layers is made
-        assert arena_live(V) - before == n_head * (4 * t + 1) + e
+    if before is not None:        # per head: t logits, t + 1 of softmax, hd outputs
+        assert arena_live(V) - before == n_head * (2 * t + 1) + e
     assert all(type(v) is V for v in fused) and len(fused) == e
     fused_grads = grads_of(fused, leaves, V)
     del fused
@@ -372,6 +373,25 @@ def test_attention_is_the_layers_it_stands_for(V, shape):
     kids = (lambda v: v._prev) if hasattr(V, "_prev") else (lambda v: set(v._children))
     out = F.attention(q, keys, values, n_head)
     assert {c.data for c in kids(out[0])} >= {v[0].data for v in values}
+    # both engines make the same graph: per head t logits, t + 1 nodes of softmax and hd
+    # outputs over the leaves
+    seen, stack = set(), list(out)
+    while stack:
+        v = stack.pop()
+        if v not in seen:
+            seen.add(v)
+            stack += kids(v)
+    assert len(seen) == len(leaves) + n_head * (2 * t + 1) + e
+    if hasattr(V, "_local_grads"):
+        # a logit is its row's sum times c = (hd ** 0.5) ** -1: its local derivatives
+        # (k_0, q_0, k_1, q_1, ...: by k the q's, by q the k's) are the sum's times c
+        hd, c = e // n_head, ((e // n_head) ** 0.5) ** -1
+        weight = next(w for w in out[0]._children if w not in sum(values, []))
+        logit = next(k for k in weight._children if len(k._children) == 2 * hd)
+        ks, qs = logit._children[0::2], logit._children[1::2]
+        assert qs == tuple(q[:hd])
+        expect = sum(((qj.data * c, kj.data * c) for kj, qj in zip(ks, qs)), ())
+        assert logit._local_grads == expect
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -48,6 +48,8 @@ cdef enum:
                     # last entry, a leaf of 1.0 (linear(x, w, bias)); the row holds b (its
                     # Matrix holds the other weights), and the descending pass marks b
                     # even with LEAF_WEIGHTS
+    SCALED_ROW = 16384  # IN_CHUNK: the row is sum * c, c its chunk's scale (attention's
+                    # logits over hd ** 0.5): its rule first multiplies grad by c
 
 cdef enum:
     FREE_LEVELS = 6         # levels of the free-slot tree: 64**6 slots > the 2**31 - 1 a

@@ -262,9 +262,10 @@ cdef struct ChunkHeader:
     Py_ssize_t in_use       # how many of its blocks are still in use
     PyObject* matrix        # the Matrix its rows were made from (a reference), or NULL
     uint64_t marked         # the last descending pass that marked its x (tape.passes)
+    real_t scale            # what its SCALED_ROW rows are multiplied by (1 otherwise)
 
 cdef enum:
-    CHUNK_HEADER = 24       # sizeof(ChunkHeader), a multiple of 8 (the derivatives stay
+    CHUNK_HEADER = 32       # sizeof(ChunkHeader), a multiple of 8 (the derivatives stay
                             # aligned)
 
 
@@ -296,6 +297,7 @@ cdef char* new_chunk(Py_ssize_t blocks, node_t n) except NULL:
     (<ChunkHeader*>chunk).in_use = blocks
     (<ChunkHeader*>chunk).matrix = NULL
     (<ChunkHeader*>chunk).marked = 0
+    (<ChunkHeader*>chunk).scale = 1.0
     for r in range(blocks):
         block = chunk_block(chunk, r, n)
         block[0] = n

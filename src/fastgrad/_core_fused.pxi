@@ -769,10 +769,11 @@ cdef object attention_layer(object q, object keys, object values, object n_head)
         logits = linear(q[lo:lo + hd], [k[lo:lo + hd] for k in keys])
         weights = softmax(mul(logits, c))
         out += linear(weights, [[v[lo + j] for v in values] for j in range(hd)])
-    The same nodes, in the same order, as those calls; only the outputs get handles.
-    Every value but the outputs' is computed, and everything allocated, before the first
-    node; the outputs' rows are filled as they are pushed (their x, the weights, has
-    slots only then)."""
+    The same nodes, in the same order, as those calls, but that the scaling is in the
+    logits' rows (SCALED_ROW: mul's leaf of c and '*' node are not made); only the
+    outputs get handles. Every value but the outputs' is computed, and everything
+    allocated, before the first node; the outputs' rows are filled as they are pushed
+    (their x, the weights, has slots only then)."""
     cdef list qs = list(q)              # (copies, which hold the Values: see the top)
     cdef list ks, vs
     cdef Py_ssize_t E = len(qs), T, H, hd, h, t, j, lo, nodes
@@ -821,7 +822,7 @@ cdef object attention_layer(object q, object keys, object values, object n_head)
             raise ValueError(f"attention: key {t} has {len(<list>ks[t])} values, but q has {E}")
         if len(<list>vs[t]) != E:
             raise ValueError(f"attention: value {t} has {len(<list>vs[t])} values, but q has {E}")
-    if T > (INT32_MAX - 2) // 2 or H * (4 * T + 1) + E > INT32_MAX // 2:
+    if T > (INT32_MAX - 2) // 2 or H * (2 * T + 1) + E > INT32_MAX // 2:
         raise MemoryError("fastgrad: too many terms for one attention")
     first = qs[0]
     kind = handle_class(first, "attention's q")
@@ -831,7 +832,7 @@ cdef object attention_layer(object q, object keys, object values, object n_head)
         check_handles(<list>vs[t], kind, <_Handle>first, "attention's values")
     pow_forward(<real_t>hd, 0.5, &root)     # s / hd ** 0.5 is s * (hd ** 0.5) ** -1
     pow_forward(root, -1.0, &c)
-    nodes = H * (4 * T + 1) + E if grad else E
+    nodes = H * (2 * T + 1) + E if grad else E
     try:
         safe_realloc(<void**>&val, E + H * (3 * T + 2), sizeof(real_t))
         safe_realloc(<void**>&slot, E + 2 * T * E + 2 * T, sizeof(node_t))
@@ -851,6 +852,7 @@ cdef object attention_layer(object q, object keys, object values, object n_head)
             blocks_init(&blocks, H * (T + 1))
             for h in range(H):
                 chunks[2 * h] = new_chunk(T, <node_t>(2 * hd))
+                (<ChunkHeader*>chunks[2 * h]).scale = c
                 chunks[2 * h + 1] = new_chunk(hd, <node_t>(2 * T))
                 softmax_blocks(&blocks, T)
         # each head's logits (its rows filled), exps and weights
@@ -865,8 +867,8 @@ cdef object attention_layer(object q, object keys, object values, object n_head)
                                                         chunk_block(chunks[2 * h], t, <node_t>(2 * hd)))
                 else:
                     lg[t] = matrix_row_sum(&kslot[t * E + lo], hd, &qval[lo])
-                p[t] = mul_forward(lg[t], c)    # (the scaled logits, for shifted_exps)
-            sums[0] = shifted_exps(p, T, e)
+                lg[t] = mul_forward(lg[t], c)   # (scaled: the rows' values)
+            sums[0] = shifted_exps(lg, T, e)
             pow_forward(sums[0], -1.0, &sums[1])
             for t in range(T):
                 p[t] = mul_forward(e[t], sums[1])
@@ -891,14 +893,13 @@ cdef object attention_layer(object q, object keys, object values, object n_head)
                 attach(<_Handle>out[lo + j],
                        push(LEAF, matrix_row_sum(&vslot[(lo + j) * T], T, p), -1, -1))
             continue
-        # linear(q[lo:lo + hd], keys' slices)
+        # mul(linear(q[lo:lo + hd], keys' slices), c), the scaled logits
         set_x_grads(chunks[2 * h], &qval[lo], hd)
         xkin = hold_x(&qval[lo], &qslot[lo], hd)
         for t in range(T):
             sslot[t] = push_row(chunk_block(chunks[2 * h], t, <node_t>(2 * hd)), hd, lg[t],
                                 &xkin)
-        for t in range(T):
-            sslot[t] = binary_node(MUL, sslot[t], c, -1)   # mul(logits, c)
+            tape.flags[sslot[t]] |= SCALED_ROW
         push_softmax(&blocks.items[h * (T + 1)], sslot, e, T, sums[0], sums[1], pslot)
         # linear(weights, the head's dimensions of the values)
         set_x_grads(chunks[2 * h + 1], p, T)

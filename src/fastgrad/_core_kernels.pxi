@@ -247,7 +247,8 @@ cdef node_t row_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
     (ChunkHeader.marked); a row's bias (ROW_BIAS) whatever LEAF_WEIGHTS says. A
     RELU_ROW is relu(sum): by the chain rule its derivatives are the sum's times
     relu_da(value), applied to grad first, as the ReLU node of relu(linear(...)) would
-    give it to the row (so the products are the same)."""
+    give it to the row (so the products are the same); a SCALED_ROW's grad is multiplied
+    by its chunk's scale so, as a '*' node over the row and the scale would."""
     cdef node_t* kids = tape.param[i].kids
     cdef ChunkHeader* chunk = <ChunkHeader*>chunk_of(kids)
     cdef real_t* dw = chunk_x_grads(<char*>chunk)
@@ -255,8 +256,11 @@ cdef node_t row_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
     cdef real_t* grad = tape.grad
     cdef real_t g = grad[i]
     cdef node_t n = kids[0], k, c, new = 0
-    if tape.flags[i] & RELU_ROW:
-        g = relu_da(tape.value[i]) * g
+    if tape.flags[i] & (RELU_ROW | SCALED_ROW):
+        if tape.flags[i] & RELU_ROW:
+            g = relu_da(tape.value[i]) * g
+        else:
+            g = mul_da(chunk.scale) * g
     for k in range(n // 2):
         grad[kids[2 * k + 1]] += dw[k] * g
         grad[kids[2 * k + 2]] += dx[k] * g
@@ -479,7 +483,11 @@ cdef tuple local_grads(node_t i):
         d = local_grads_of(kids)
         if tape.flags[i] & IN_CHUNK:        # (w0, x0, w1, x1, ...: see row_rule_marking)
             dw = chunk_x_grads(chunk_of(kids))
-            gate = relu_da(tape.value[i]) if tape.flags[i] & RELU_ROW else 1.0
+            gate = 1.0
+            if tape.flags[i] & RELU_ROW:
+                gate = relu_da(tape.value[i])
+            elif tape.flags[i] & SCALED_ROW:
+                gate = mul_da((<ChunkHeader*>chunk_of(kids)).scale)
             return tuple([(dw[k // 2] if k % 2 == 0 else d[k // 2]) * gate
                           for k in range(kids[0])])
         return tuple([d[k] for k in range(kids[0])])

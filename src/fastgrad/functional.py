@@ -138,9 +138,10 @@ def attention(q: Sequence[Value], keys: Sequence[Sequence[Value]],
     hd = len(q) // n_head are the heads. For each head, with q_h, k_h, v_h its slices:
         weights = softmax([linear(q_h, k_h)[t] / hd ** 0.5 for t in positions])
         out += [sum(weights[t] * v_h[t][j] for t in positions) for j in range(hd)]
-    It builds what linear, mul, softmax and linear build, node for node (so the values
-    and grads are theirs, bit for bit), in one call, making handles for the outputs
-    only."""
+    It builds what linear, mul, softmax and linear build, node for node but that the
+    scaling is in the logits' nodes (no leaf of 1 / hd ** 0.5 and no '*' node per
+    logit), so the values and, on a fresh graph, the grads are theirs bit for bit; in
+    one call, making handles for the outputs only."""
     try:
         module = _ENGINE_OF[type(q[0])]
     except (LookupError, TypeError):

@@ -212,11 +212,26 @@ def _powv_rule(out):
     b._grad += out._data * _log_ieee(a._data) * g
 
 
+class _Scaled(tuple):
+    """The derivatives of a LOCAL node that is its sum times a constant, `scale` (the
+    compiled engine's SCALED_ROW: attention's logits over hd ** 0.5): the sum's, by
+    which the rule multiplies grad once it is multiplied by scale, as a '*' node over
+    the sum and the constant would hand it on."""
+
+
 def _local_rule(out):
     # LOCAL: the derivatives it was made with (out._k), one per child
     g = out._grad
+    if type(out._k) is _Scaled:
+        g = out._k.scale * g
     for c, d in zip(out._children, out._k):
         c._grad += d * g
+
+
+def _local_grads_of(out):
+    if type(out._k) is _Scaled:
+        return tuple(d * out._k.scale for d in out._k)
+    return out._k
 
 
 def _no_rule(out):
@@ -287,7 +302,7 @@ LOCAL_GRADS = {
     Op.POWV: lambda out: (
         out._children[1]._data * _pow_ieee(out._children[0]._data, out._children[1]._data - 1.0),
         out._data * _log_ieee(out._children[0]._data)),
-    Op.LOCAL: lambda out: out._k,
+    Op.LOCAL: _local_grads_of,
 }
 
 
@@ -885,7 +900,12 @@ def _attention(q, keys, values, n_head):
     out = []
     for lo in range(0, len(qs), hd):
         logits = _linear(qs[lo:lo + hd], [k[lo:lo + hd] for k in ks])
-        weights = _softmax([s * c for s in logits])
+        for s in logits:                # mul(logits, c), in the logits' nodes
+            s._data = s._data * c
+            if s._code is Op.LOCAL:
+                s._k = _Scaled(s._k)
+                s._k.scale = c
+        weights = _softmax(logits)
         out += _linear(weights, [[v[lo + j] for v in vs] for j in range(hd)])
     return out
 
