@@ -106,3 +106,29 @@ def test_compiled_loops_equal_the_python_kernel_bit_for_bit(name, kw):
         copt.step()
         ropt.step()
         assert [c.data for c in cs] == [r.data for r in rs]
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("name, kw", [("SGD", dict(lr=0.1)),
+                                      ("Adam", dict(lr=0.05, weight_decay=0.01))])
+def test_compiled_loops_over_scattered_slots_equal_the_python_kernel(name, kw):
+    # the C loops go over runs of consecutive slots: parameters listed out of slot
+    # order, with gaps, runs of one and one listed twice give the updates of the
+    # Python kernel, which takes them one by one
+    from fastgrad._core import Value as C
+    from fastgrad.reference import Value as R
+    order = [0, 1, 2, 5, 6, 7, 8, 3, 10, 11, 10, 4]
+    made = {C: [C(0.5 - 0.1 * k) for k in range(12)], R: [R(0.5 - 0.1 * k) for k in range(12)]}
+    cs, rs = [made[C][k] for k in order], [made[R][k] for k in order]
+    copt, ropt = getattr(optim, name)(cs, **kw), getattr(optim, name)(rs, **kw)
+    for _ in range(6):
+        for ps, opt, V in ((cs, copt, C), (rs, ropt, R)):
+            opt.zero_grad()
+            assert all(p.grad == 0.0 for p in ps)
+            quadratic(V, ps).backward()
+        for c, r in zip(cs, rs):
+            c.grad = r.grad
+        copt.step()
+        ropt.step()
+        assert [c.data for c in cs] == [r.data for r in rs]
+    assert made[C][9].data == 0.5 - 0.9     # (not a parameter: untouched)
