@@ -248,7 +248,8 @@ cdef node_t* new_local_block(node_t n) except NULL:
 # children (w0, x0, w1, x1, ...): a block is a LOCAL block (count, slots, padding) whose
 # derivatives are only the n / 2 by x, the weights' values (row_block_bytes). A node
 # whose block lies in a chunk has IN_CHUNK set, and the block's padding word (an even n
-# leaves one after the children, local_grads_offset) holds its index in the chunk. The
+# leaves one after the children, local_grads_offset) holds how far into the chunk the
+# block starts, in 8-byte words (so chunk_of is a load and a subtraction). The
 # chunk holds one reference to each x for all its rows (x is every row's), dropped with
 # its last row, when it is freed. Each row holds a reference to its weights, but for
 # rows made from a Matrix: the chunk then holds one reference to the Matrix, whose
@@ -285,13 +286,14 @@ cdef inline node_t* chunk_block(char* chunk, Py_ssize_t r, node_t n) noexcept no
 
 
 cdef char* new_chunk(Py_ssize_t blocks, node_t n) except NULL:
-    """A chunk of blocks >= 1 row blocks of n children (n even), counts and indices set,
+    """A chunk of blocks >= 1 row blocks of n children (n even), counts and offsets set,
     slots and derivatives not, and no Matrix."""
     cdef size_t words = row_block_bytes(n) // 8, head = CHUNK_HEADER // 8 + n // 2
     cdef char* chunk = NULL
     cdef Py_ssize_t r
     cdef node_t* block
-    if <size_t>blocks > ((<size_t>-1) // 16 - head) // words:
+    # (the last block's offset in words must fit its padding word: 16 GB a call)
+    if <size_t>blocks > (<size_t>INT32_MAX - head) // words:
         raise MemoryError(f"fastgrad: cannot allocate {blocks} blocks of {n} children")
     safe_realloc(<void**>&chunk, head + blocks * words, 8)
     (<ChunkHeader*>chunk).in_use = blocks
@@ -301,14 +303,13 @@ cdef char* new_chunk(Py_ssize_t blocks, node_t n) except NULL:
     for r in range(blocks):
         block = chunk_block(chunk, r, n)
         block[0] = n
-        block[n + 1] = <node_t>r
+        block[n + 1] = <node_t>((<char*>block - chunk) // 8)
     return chunk
 
 
 cdef inline char* chunk_of(node_t* kids) noexcept nogil:
     # the chunk a block lies in (its node has IN_CHUNK)
-    return (<char*>kids - CHUNK_HEADER - (kids[0] // 2) * sizeof(real_t) -
-            <size_t>kids[kids[0] + 1] * row_block_bytes(kids[0]))
+    return <char*>kids - <size_t>kids[kids[0] + 1] * 8
 
 
 cdef inline void pin(node_t c) noexcept:
