@@ -455,7 +455,7 @@ cdef object linear_layer(object x, object w, object bias, object relu):
     once in the chunk). A number in x becomes a leaf, shared by the rows. The rows'
     blocks are one chunk (new_chunk). With a bias (one Value per row), row r is
     sum + bias[r], in the same node: its last term is bias[r] times a leaf of 1.0, x's
-    last entry for all the rows. With relu True, each row is relu(sum) instead, in the
+    last entry for all the rows. With relu True, each row is the ReLU of that, in the
     same node (RELU_ROW).
 
     Every row has the same x, so x's share of the bookkeeping is done once per call:

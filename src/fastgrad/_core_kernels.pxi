@@ -247,8 +247,8 @@ cdef node_t row_rule_marking(node_t i, uint8_t* reached) noexcept nogil:
     (ChunkHeader.marked); a row's bias (ROW_BIAS) whatever LEAF_WEIGHTS says. A
     RELU_ROW is relu(sum): by the chain rule its derivatives are the sum's times
     relu_da(value), applied to grad first, as the ReLU node of relu(linear(...)) would
-    give it to the row (so the products are the same); a SCALED_ROW's grad is multiplied
-    by its chunk's scale so, as a '*' node over the row and the scale would."""
+    give it to the row (so the products are the same); a SCALED_ROW's is first
+    multiplied by its chunk's scale, as the '*' node of mul(linear(...), c) would."""
     cdef node_t* kids = tape.param[i].kids
     cdef ChunkHeader* chunk = <ChunkHeader*>chunk_of(kids)
     cdef real_t* dw = chunk_x_grads(<char*>chunk)

@@ -213,10 +213,10 @@ def _powv_rule(out):
 
 
 class _Scaled(tuple):
-    """The derivatives of a LOCAL node that is its sum times a constant, `scale` (the
-    compiled engine's SCALED_ROW: attention's logits over hd ** 0.5): the sum's, by
-    which the rule multiplies grad once it is multiplied by scale, as a '*' node over
-    the sum and the constant would hand it on."""
+    """The derivatives of a LOCAL node whose value is its sum times the constant `scale`
+    (the compiled engine's SCALED_ROW: attention's logits over hd ** 0.5). They are the
+    sum's, and the rule first multiplies the node's grad by scale, as the '*' node of
+    mul(linear(...), scale) would before handing it on."""
 
 
 def _local_rule(out):
