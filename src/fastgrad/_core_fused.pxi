@@ -199,6 +199,11 @@ cdef object ragged_row(Py_ssize_t r, Py_ssize_t weights, Py_ssize_t n):
     return ValueError(f"linear: row {r} of w has {weights} weights, but x has {n} values")
 
 
+cdef object bias_count(Py_ssize_t biases, Py_ssize_t rows):
+    # (linear's bias: one live Value of the weights' class per row)
+    return ValueError(f"linear: bias has {biases} values, but w has {rows} rows")
+
+
 cdef int bad_weight(object item, object kind, object first) except -1:
     # raises the error for a weight of linear that is not a live Value of kind
     check_handles([item], kind, <_Handle>first, "linear's weights")
@@ -384,7 +389,9 @@ cdef list linear_of_matrix(list xs, Matrix w, bint relu, list bias):
         raise ragged_row(0, n, len(xs))
     first = (<tuple>w.rows[0])[0]
     if bias is not None:
-        check_bias(bias, m, w.kind, first)
+        if len(bias) != m:
+            raise bias_count(len(bias), m)
+        check_handles(bias, w.kind, <_Handle>first, "linear's bias")
         if terms > (INT32_MAX - 2) // 2:
             raise MemoryError("fastgrad: too many terms for one node")
     try:
@@ -441,14 +448,6 @@ cdef list linear_of_matrix(list xs, Matrix w, bint relu, list bias):
     return out
 
 
-cdef int check_bias(list bias, Py_ssize_t rows, object kind, object first) except -1:
-    # linear's bias: one live Value of the weights' class per row
-    if len(bias) != rows:
-        raise ValueError(f"linear: bias has {len(bias)} values, but w has {rows} rows")
-    check_handles(bias, kind, <_Handle>first, "linear's bias")
-    return 0
-
-
 cdef object linear_layer(object x, object w, object bias, object relu):
     """[sum(wi * xi for wi, xi in zip(row, x)) for row in w], one LOCAL node per row
     (children w0, x0, w1, x1, ...; local derivatives x0, w0, x1, w1, ..., the x's kept
@@ -483,7 +482,7 @@ cdef object linear_layer(object x, object w, object bias, object relu):
         if len(<list>rows[r]) != n:
             raise ragged_row(r, len(<list>rows[r]), n)
     if bs is not None and len(bs) != m:
-        raise ValueError(f"linear: bias has {len(bs)} values, but w has {m} rows")
+        raise bias_count(len(bs), m)
     if m == 0:
         return []
     if n == 0:
@@ -495,7 +494,7 @@ cdef object linear_layer(object x, object w, object bias, object relu):
     if bs is not None:
         # each row's bias is one more weight, times a 1.0 in x (new lists: the rows'
         # are the caller's)
-        check_bias(bs, m, kind, first)
+        check_handles(bs, kind, <_Handle>first, "linear's bias")
         xs.append(1.0)
         rows = [(<list>rows[r]) + [bs[r]] for r in range(m)]
         n += 1
