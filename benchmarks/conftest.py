@@ -10,6 +10,7 @@ import pytest
 import workloads as W
 
 ENGINES = W.engines()
+W.settle_heap()
 
 
 def bench(benchmark, workload, engine_name):

@@ -346,6 +346,7 @@ def main():
     args = p.parse_args()
 
     available = W.engines()
+    W.settle_heap()
     log(f"engines: {', '.join(available)}")
     if "micrograd" not in available:
         log("  (upstream micrograd is not installed: pip install micrograd==0.1.0)")
