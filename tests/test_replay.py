@@ -300,6 +300,41 @@ def test_recompute_of_a_large_graph_equals_rebuilding_it(Value, n_leaves):
     assert [bits(v.data) for v in nodes] == [bits(v.data) for v in fresh]
 
 
+def long_chain(Value, x, k):
+    """Every node of k times v * 1.0001 + 0.5 from Value(x), then a log, then k times
+    again: 4k + 1 steps, x first."""
+    nodes = [Value(x)]
+    for half in range(2):
+        for _ in range(k):
+            nodes.append(nodes[-1] * 1.0001)
+            nodes.append(nodes[-1] + 0.5)
+        if half == 0:
+            nodes.append(nodes[-1].log())
+    return nodes
+
+
+def test_recompute_of_a_replay_too_large_for_the_cache_is_exact_and_all_or_nothing(Value):
+    # a replay of more steps than the compiled engine's PREFETCH_STEPS is re-evaluated
+    # by another loop than a small one: prefetching, and saving as it goes
+    k = 34_000
+    core = sys.modules.get("fastgrad._core")
+    if core is not None and Value is core.Value:
+        assert 4 * k + 1 > core._test_replay_prefetch_steps()
+    nodes = long_chain(Value, 2.0, k)
+    root = nodes[-1]
+    root.backward()
+    root.recompute()
+    nodes[0].data = 3.0
+    root.recompute()
+    assert [bits(v.data) for v in nodes] == [bits(v.data) for v in long_chain(Value, 3.0, k)]
+    root.backward()
+    before = [(v.data, v.grad) for v in nodes]
+    nodes[0].data = -1e6                # the log's input is then below 0, half way up
+    with pytest.raises(ValueError):
+        root.recompute()
+    assert [(v.data, v.grad) for v in nodes[1:]] == before[1:]
+
+
 @pytest.mark.compiled
 @pytest.mark.parametrize("n_leaves", [2, 5, 40])
 def test_replay_regrouping_keeps_every_bit_on_shared_children(Compiled, n_leaves):

@@ -63,10 +63,15 @@ def _test_replay_current(_Handle v):
 
 
 def _test_replay_saves(_Handle v):
-    """Whether v's cached replay saves values and grads as recompute() goes (one of its
-    ops can raise), or None if v has no cached replay."""
+    """Whether v's cached replay saves values and grads before recompute() overwrites
+    them (one of its ops can raise), or None if v has no cached replay."""
     cdef node_t i = check_slot(v)
     return bool((<_Replay>_replays[i]).can_raise) if tape.flags[i] & HAS_REPLAY else None
+
+
+def _test_replay_prefetch_steps():
+    """The number of steps above which a replay's loops prefetch (PREFETCH_STEPS)."""
+    return PREFETCH_STEPS
 
 
 def _test_scratch_clear():

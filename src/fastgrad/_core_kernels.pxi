@@ -389,11 +389,11 @@ cdef inline bint forward_can_raise(int32_t o) noexcept nogil:
     return o == POW or o == EXP or o == LOG or o == SQRT or o == POWV
 
 
-cdef inline int replay_forward(Step* e) except -1:
-    """Re-evaluates e's node from its children's values and records e's derivatives."""
+cdef inline int replay_forward(Step* e, int32_t o) except -1:
+    """Re-evaluates e's node from its children's values and records e's derivatives (o
+    is e.op: given as a constant, the dispatch below folds to its one case)."""
     cdef real_t a = tape.value[e.lhs], b, out
     cdef real_t* result = &tape.value[e.node]
-    cdef int32_t o = e.op
     if o == ADD:
         result[0] = add_forward(a, tape.value[e.rhs])
         e.dl = add_da()
