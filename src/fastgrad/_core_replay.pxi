@@ -271,9 +271,10 @@ cdef void replay_backward(_Replay r) noexcept nogil:
     cdef Step* e
     cdef Py_ssize_t s
     cdef real_t g
-    cdef bint ahead = r.size > PREFETCH_STEPS
+    # the steps below this prefetch for the step AHEAD: none on a replay that fits the cache
+    cdef Py_ssize_t prefetching = r.size - AHEAD if r.size > PREFETCH_STEPS else 0
     for s in range(r.size):
-        if ahead and s + AHEAD < r.size:
+        if s < prefetching:
             e = &steps[s + AHEAD]
             prefetch(&tape.grad[e.lhs])
             prefetch(&tape.grad[e.rhs])
