@@ -79,6 +79,22 @@ except ValueError: pass
 with fastgrad.no_grad():
     z = (u * w).tanh() + Value._sum_of_products(u, [w], [2.0])
 del y, z
+# replays recomputed by their run loops (micrograd's node-per-op MLP: ADD's and MUL's
+# own) and, above PREFETCH_STEPS, by the prefetching loop, failing halfway up a log
+m = nn.MLP(2, [8, 8, 1])
+loss = sum(((1 + -1.0 * m(x)).relu() for x in xs), Value(0.0))
+loss.backward(); loss.recompute(); loss.backward()
+chain = [Value(2.0)]
+for half in range(2):
+    for _ in range(33_000):
+        chain.append(chain[-1] * 1.0001 + 0.5)
+    if half == 0:
+        chain.append(chain[-1].log())
+chain[-1].backward(); chain[-1].recompute()
+chain[0].data = -1e6
+try: chain[-1].recompute()
+except ValueError: pass
+del loss, m, chain
 # replays: a fused model's (affine steps, windows of regrouped steps), the backward that
 # sweeps recorded derivatives, one made stale, and building a replay without memory
 f = nn.MLP(2, [8, 8, 1], fused=True)
