@@ -123,8 +123,8 @@ cdef void group_by_op(_Replay r) noexcept nogil:
     children first, the re-evaluation order; an AFFINE step, which re-evaluates from
     all its children, counts as adding into all of them. Why: recompute() dispatches on
     each step's op, and a random sequence of ops makes that branch mispredict about
-    every other step; in runs, it is predicted, and a run of ADDs or MULs is one loop
-    of that op's own (recompute_run). replay_level[] holds the levels meanwhile
+    every other step; in runs, it is predicted, and a run of ADDs, MULs, AFFINEs or
+    RELUs is one loop of that op's own (recompute_run). replay_level[] holds the levels meanwhile
     (at most WINDOW, so a byte), and is 0 again on return."""
     cdef Py_ssize_t m = r.size, f0 = 0, f, n, key, top
     cdef int32_t count[WINDOW * 16 + 1]
@@ -224,8 +224,9 @@ cdef int recompute_from(node_t root) except -1:
     of its ops can raise (the demo's MLP has none: no 16 bytes per node written and read
     back). One pass backwards over the replay. A large one is memory-bound: one loop,
     prefetching and saving as it goes. A small one, in cache, is saved first, then
-    re-evaluated a loop per run of one op, ADD's and MUL's (micrograd's neurons) each
-    with its own; micrograd's demo graph (65k steps) went from 220 to 100 us."""
+    re-evaluated a loop per run of one op, those of micrograd's neurons (ADD and MUL,
+    AFFINE for a fused one, RELU) each with its own; micrograd's demo graph (65k steps)
+    went from 220 to 100 us."""
     cdef _Replay r = replay_of(root)
     cdef Step* steps = r.steps
     cdef Py_ssize_t s = r.size - 1, k
@@ -248,6 +249,10 @@ cdef int recompute_from(node_t root) except -1:
                 recompute_run(steps, &s, ADD, False, NULL)
             elif o == MUL:
                 recompute_run(steps, &s, MUL, False, NULL)
+            elif o == AFFINE:
+                recompute_run(steps, &s, AFFINE, False, NULL)
+            elif o == RELU:
+                recompute_run(steps, &s, RELU, False, NULL)
             else:
                 recompute_run(steps, &s, o, False, NULL)
     except BaseException:
