@@ -65,18 +65,21 @@ SAMPLES = 11                # names sampled (after the timed steps) for the infe
 
 
 def runner(name):
-    """(train_step(k) -> loss, sample() -> str or None) for one engine, freshly seeded.
-    Sampling runs under no_grad where the engine has it (the pure-Python script has not:
-    it records the graph of every sampled token, as microgpt does)."""
+    """(losses, sample() -> str or None) for one engine, freshly seeded: next(losses)
+    runs the next training step and gives its loss. The script's engines run its own
+    loop (microgpt's, whose variables hold a step's graph until the next step has rebound
+    them); the fused model and torch are called a step at a time. Sampling runs under
+    no_grad where the engine has it (the pure-Python script has not: it records the graph
+    of every sampled token, as microgpt does)."""
     if name == "fastgrad-fused":
         from fastgrad._core import Value
         from fastgrad.gpt import GPT
         gpt = GPT(Value=Value)
-        return (lambda k: gpt.train_step(k, NUM_STEPS)), gpt.sample
+        return (gpt.train_step(k, NUM_STEPS) for k in range(NUM_STEPS)), gpt.sample
     if name == "torch":
         import torch_gpt
         model = torch_gpt.TorchGPT(load_script("from fastgrad.reference import Value"))
-        return (lambda k: model.train_step(k, NUM_STEPS)), None
+        return (model.train_step(k, NUM_STEPS) for k in range(NUM_STEPS)), None
     script = load_script(DROP_INS[name])
 
     def sample():
@@ -84,17 +87,17 @@ def runner(name):
             return script.sample()
         with fastgrad.no_grad():
             return script.sample()
-    return (lambda k: script.train_step(k, NUM_STEPS)), sample
+    return script.training(NUM_STEPS), sample
 
 
 def one_round(name):
     """One round of an engine: (seconds per training step over steps 1 .. STEPS, the
     losses of steps 0 .. STEPS, seconds per name sampled or None)."""
-    step, sample = runner(name)
-    losses = [step(0)]
+    steps, sample = runner(name)
+    losses = [next(steps)]
     gc.collect()
     t0 = time.perf_counter()
-    losses += [step(k) for k in range(1, STEPS + 1)]
+    losses += [next(steps) for _ in range(STEPS)]
     seconds = (time.perf_counter() - t0) / STEPS
     sample_seconds = None
     if sample is not None:
@@ -201,10 +204,10 @@ def rss_mb():
         return int(f.read().split()[1]) * 4096 / 2**20
 out = {}
 for name in ("fastgrad-fused", "fastgrad"):
-    step, _ = gpt_runs.runner(name)
+    steps, _ = gpt_runs.runner(name)
     at = {}
     for k in range(1000):
-        step(k)
+        next(steps)
         if k + 1 in (100, 1000):
             at[k + 1] = rss_mb()
     out[name] = at

@@ -166,28 +166,34 @@ m = [0.0] * len(params)
 v = [0.0] * len(params)
 
 
-def train_step(step, num_steps):
-    """One step on one name: the mean cross-entropy of predicting each next token, its
-    backward, and an Adam update. Returns the loss."""
-    doc = docs[step % len(docs)]
-    tokens = [BOS] + [chars.index(c) for c in doc] + [BOS]
-    n = min(block_size, len(tokens) - 1)
-    keys, values = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
-    losses = []
-    for pos in range(n):
-        probs = softmax(gpt(tokens[pos], pos, keys, values))
-        losses.append(-probs[tokens[pos + 1]].log())
-    loss = (1 / n) * sum(losses)
-    loss.backward()
-    lr = learning_rate * (1 - step / num_steps)
-    for i, p in enumerate(params):
-        m[i] = beta1 * m[i] + (1 - beta1) * p.grad
-        v[i] = beta2 * v[i] + (1 - beta2) * p.grad ** 2
-        m_hat = m[i] / (1 - beta1 ** (step + 1))
-        v_hat = v[i] / (1 - beta2 ** (step + 1))
-        p.data -= lr * m_hat / (v_hat ** 0.5 + eps)
-        p.grad = 0
-    return loss.data
+def training(num_steps):
+    """microgpt's training loop, one step per next(): each step takes one name, the mean
+    cross-entropy of predicting each next token, its backward and an Adam update, and
+    yields the loss. Like microgpt's loop, which runs at module level, it keeps its
+    variables from one step to the next: the last step's graph stays reachable (from
+    loss, losses, logits, probs) until this step has rebound them all."""
+    for step in range(num_steps):
+        doc = docs[step % len(docs)]
+        tokens = [BOS] + [chars.index(c) for c in doc] + [BOS]
+        n = min(block_size, len(tokens) - 1)
+        keys, values = [[] for _ in range(n_layer)], [[] for _ in range(n_layer)]
+        losses = []
+        for pos in range(n):
+            logits = gpt(tokens[pos], pos, keys, values)
+            probs = softmax(logits)
+            loss_t = -probs[tokens[pos + 1]].log()
+            losses.append(loss_t)
+        loss = (1 / n) * sum(losses)
+        loss.backward()
+        lr = learning_rate * (1 - step / num_steps)
+        for i, p in enumerate(params):
+            m[i] = beta1 * m[i] + (1 - beta1) * p.grad
+            v[i] = beta2 * v[i] + (1 - beta2) * p.grad ** 2
+            m_hat = m[i] / (1 - beta1 ** (step + 1))
+            v_hat = v[i] / (1 - beta2 ** (step + 1))
+            p.data -= lr * m_hat / (v_hat ** 0.5 + eps)
+            p.grad = 0
+        yield loss.data
 
 
 def sample(temperature=0.5):
@@ -206,8 +212,7 @@ def sample(temperature=0.5):
 if __name__ == '__main__':
     num_steps = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     print(f"{len(docs)} names, vocabulary {vocab_size}, {len(params)} parameters")
-    for step in range(num_steps):
-        loss = train_step(step, num_steps)
+    for step, loss in enumerate(training(num_steps)):
         print(f"step {step + 1:4d} / {num_steps} | loss {loss:.4f}", end='\r', flush=True)
     print()
     for i in range(20):
