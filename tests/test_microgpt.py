@@ -18,7 +18,7 @@ from fastgrad.ops import Op
 from op_examples import EXAMPLES, build_example
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-from gpt_runs import load_script  # noqa: E402
+from gpt_runs import forward, load_script  # noqa: E402
 
 SCRIPT = load_script()                  # the script with its own engine
 Oracle = SCRIPT.Value
@@ -266,6 +266,12 @@ def test_the_script_with_only_the_import_changed(line, baseline_losses):
                for n in names)
 
 
+def test_the_benchmarks_forward_is_the_loops(baseline_losses):
+    # gpt_runs.forward (one name's forward, which the benchmark times backward on) builds
+    # the loss of the script's first step
+    assert forward(load_script(), SCRIPT.docs[0]).data == baseline_losses[0]
+
+
 @pytest.mark.compiled
 def test_the_scripts_loop_keeps_a_steps_graph_until_the_next_step_as_microgpts_does():
     # microgpt's loop runs at module level, so between steps its variables (loss, losses,
@@ -293,17 +299,11 @@ def test_the_scripts_step_gets_the_one_pass_backward(line):
     # on a fresh arena as after a step's graph died)
     script = load_script(line)
     for step in range(2):
-        tokens = [script.BOS] + [script.chars.index(c) for c in script.docs[step]] + [script.BOS]
-        keys, values = [[]], [[]]
-        losses = []
-        for pos in range(min(script.block_size, len(tokens) - 1)):
-            probs = script.softmax(script.gpt(tokens[pos], pos, keys, values))
-            losses.append(-probs[tokens[pos + 1]].log())
-        loss = (1 / len(losses)) * sum(losses)
+        loss = forward(script, script.docs[step])
         assert core()._tape_stats()["free"] > 0      # (slots did die meanwhile)
         assert core()._test_descends(loss)
         loss.backward()
-        del loss, losses, probs
+        del loss
 
 
 def test_the_fused_model_draws_the_scripts_weights_and_follows_its_losses(baseline_losses):
