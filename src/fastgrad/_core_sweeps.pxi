@@ -5,11 +5,14 @@
 # are known, so their misses can be started early and overlap.
 cdef enum:
     AHEAD = 16
-    # The descending pass prefetches only on an arena of more slots than this: below it
-    # the arrays it reads (~40 bytes a slot, 5 MB) stay in the 32 MB cache the cores
-    # share, and a small graph paid ~10 instructions a slot for nothing (softmax-ce: 4%
-    # of a sample; at 1 << 15, micrograd's demo graph of 65k nodes: 6.0-8.0 against
-    # 5.0 ns a node now, 2026-12-04).
+    # The descending pass prefetches only from a root above this slot. It reads slots
+    # [0, root] at most; below it their arrays (~40 bytes a slot, 5 MB) stay in the 32 MB
+    # cache the cores share, and a small graph paid ~10 instructions a slot for nothing
+    # (softmax-ce: 4% of a sample; at 1 << 15, micrograd's demo graph of 65k nodes:
+    # 6.0-8.0 against 5.0 ns a node, 2026-12-04). (Until 2026-12-07 the test was the
+    # arena's size, which never shrinks: once any graph had been large, every later one
+    # prefetched; in an arena grown past this, the demo graph's backward took 5.73M
+    # instructions against 4.61M now, softmax-ce's a third more.)
     PREFETCH_SLOTS = 1 << 17
 
 
@@ -276,7 +279,7 @@ cdef int descending_backward(node_t root) except -1:
     cdef NodeList done, rest
     cdef node_t i = root, pending = 1, c
     cdef Py_ssize_t budget = SKIP_SLACK, k
-    cdef bint recording = True, ahead = tape.size > PREFETCH_SLOTS
+    cdef bint recording = True, ahead = root > PREFETCH_SLOTS
     memset(&done, 0, sizeof(NodeList))
     memset(&rest, 0, sizeof(NodeList))
     tape.grad[root] = 1.0
