@@ -486,8 +486,9 @@ print("ok")
 
 
 def sparse_graph(C, descending=True):
-    """A small graph whose leaves lie far below it in the arena (20,000 live nodes in
-    between): the descending pass hands it over to Kahn's algorithm partway. Nodes under
+    """A small graph whose leaves lie far below it in the arena (100,000 live nodes in
+    between: more unreached words of 8 slots than its skip budget allows): the descending
+    pass hands it over to Kahn's algorithm partway. Nodes under
     the handover point name each other (q under r, p0 under both), and one is fused.
     With descending=False, the same graph with its leaves on top of the free slots."""
     hold = fresh_slots(C)
@@ -495,7 +496,7 @@ def sparse_graph(C, descending=True):
     q = p[0] * p[1]
     r = q + p[0]
     s = C._affine(p[2], [p[3], q], [r, 1.5])
-    gap = [C(1.0) for _ in range(20_000)]
+    gap = [C(1.0) for _ in range(100_000)]
     top = p[3]
     for _ in range(50):
         top = (top * r + q * s).relu() * 0.5 + p[0]
@@ -521,7 +522,9 @@ def test_descending_pass_hands_a_sparse_graph_to_kahn(C):
     expected = sparse_graph_grads(M)
     hold, gap, p, top = sparse_graph(C)
     assert core._test_descends(top)
+    handed = core._test_hand_overs()
     top.backward()
+    assert core._test_hand_overs() == handed + 1
     assert [v.grad for v in p] == [pytest.approx(g, rel=1e-12) for g in expected]
     assert core._test_scratch_clear()
     # again from the cached order (the swept nodes, then Kahn's): as Kahn's algorithm
@@ -536,6 +539,41 @@ def test_descending_pass_hands_a_sparse_graph_to_kahn(C):
     with kahns(C):
         top2.backward()
     assert [v.grad for v in p] == [pytest.approx(v.grad, rel=1e-12) for v in p2]
+
+
+def gapped_chain(V, gap=None):
+    """A chain of ~3,500 nodes, then (with gap) 20,000 live leaves made after them, then
+    ~350 more nodes on the chain: the graph's top lies above a gap, as a graph built
+    beside another live one does (microgpt's loop keeps a step's graph while the next is
+    built)."""
+    x = V(0.5)
+    y = x
+    for k in range(1000):
+        y = y * 0.999 + x if k % 2 else (y * y + 0.25).tanh()
+    hold = gap(V) if gap else None
+    for k in range(100):
+        y = y * 0.999 + x if k % 2 else (y * y + 0.25).tanh()
+    return hold, x, y
+
+
+@compiled
+def test_descending_pass_crosses_a_gap_of_unreached_words_without_handing_over(C):
+    # the pass skips an aligned word of 8 unreached slots at once and its budget counts
+    # the word once: the 20,000 slots of the gap are 2,500 words, within the 4,096 + 8
+    # per node swept that the ~350 nodes above it allow (counted slot by slot, they were
+    # not, and the pass handed the graph over to Kahn's algorithm). The reference engine
+    # is the oracle: the chain is too deep for micrograd's recursion.
+    from fastgrad.reference import Value as R
+    _, mx, my = gapped_chain(R)
+    my.backward()
+    hold = fresh_slots(C)
+    gap, x, y = gapped_chain(C, gap=lambda V: [V(1.0) for _ in range(20_000)])
+    assert core._test_descends(y)
+    handed = core._test_hand_overs()
+    y.backward()
+    assert core._test_hand_overs() == handed
+    assert x.grad == pytest.approx(mx.grad, rel=1e-12)
+    assert core._test_scratch_clear()
 
 
 @compiled

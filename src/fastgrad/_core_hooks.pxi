@@ -55,6 +55,12 @@ def _test_descends(_Handle v):
     return bool(tape.flags[check_slot(v)] & DESCENDS)
 
 
+def _test_hand_overs():
+    """How many descending passes have handed the rest of their graph to Kahn's
+    algorithm (their skip budget spent)."""
+    return hand_overs
+
+
 def _test_replay_current(_Handle v):
     """Whether v has a replay whose derivatives are current: its next backward() is the
     replay's sweep."""
