@@ -488,9 +488,9 @@ print("ok")
 def sparse_graph(C, descending=True):
     """A small graph whose leaves lie far below it in the arena (100,000 live nodes in
     between: more unreached words of 8 slots than its skip budget allows): the descending
-    pass hands it over to Kahn's algorithm partway. Nodes under
-    the handover point name each other (q under r, p0 under both), and one is fused.
-    With descending=False, the same graph with its leaves on top of the free slots."""
+    pass hands it over to Kahn's algorithm partway. Nodes under the handover point name
+    each other (q under r, p0 under both), and one is fused. With descending=False, the
+    same graph with its leaves on top of the free slots."""
     hold = fresh_slots(C)
     p = [C(0.5 + 0.1 * k) if descending else on_top(C, 0.5 + 0.1 * k) for k in range(4)]
     q = p[0] * p[1]
