@@ -98,6 +98,19 @@ def test_deleting_data_or_grad_is_refused(Value):
     assert (v.data, v.grad) == (1.0, 0.0)
 
 
+@pytest.mark.parametrize("api", ["engine", "microgpt"])
+def test_the_value_classes_are_final_on_both_engines(engine, api):
+    # the compiled handles cannot be subclassed; the reference refuses it the same way
+    # (its GptValue would otherwise make a subclass whose nodes it then refused as
+    # children)
+    cls = engine.Value if api == "engine" else (
+        engine.core.GptValue if engine.compiled else reference.GptValue)
+    with pytest.raises(TypeError, match=rf"type '{cls.__module__}\.{cls.__qualname__}' "
+                                        "is not an acceptable base type"):
+        type("Sub", (cls,), {})
+    assert (cls(2.0) * 3.0).data == 6.0
+
+
 def test_children_must_be_values(Value):
     with pytest.raises(TypeError, match="children"):
         Value(1.0, (Value(1.0), 2.0), 'x')

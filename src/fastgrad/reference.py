@@ -555,9 +555,18 @@ class _Handle:
     def __repr__(self):
         return f"Value(data={self.data}, grad={self.grad})"
 
+def _not_a_base(kind):
+    # Value and GptValue are final, as the compiled engine's are: the ops make nodes of
+    # the operand's own class, and a node's children must be of that class
+    return TypeError(f"type '{kind.__module__}.{kind.__qualname__}' is not an acceptable base type")
+
+
 class Value(_Handle):
     """ stores a single scalar value and its gradient """
     __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs):
+        raise _not_a_base(Value)
 
     def __init__(self, data, _children=(), _op='', label=''):
         self._data = _real_or_raise(data, "Value data")
@@ -649,6 +658,9 @@ class Value(_Handle):
 class GptValue(_Handle):
     """ stores a single scalar value and its gradient (microgpt's API) """
     __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs):
+        raise _not_a_base(GptValue)
 
     def __init__(self, data, children=(), local_grads=()):
         # microgpt's constructor: a node with children carries one local derivative
