@@ -555,10 +555,12 @@ class _Handle:
     def __repr__(self):
         return f"Value(data={self.data}, grad={self.grad})"
 
+
 def _not_a_base(kind):
     # Value and GptValue are final, as the compiled engine's are: the ops make nodes of
     # the operand's own class, and a node's children must be of that class
-    return TypeError(f"type '{kind.__module__}.{kind.__qualname__}' is not an acceptable base type")
+    return TypeError(f"type '{kind.__module__}.{kind.__qualname__}' "
+                     "is not an acceptable base type")
 
 
 class Value(_Handle):
