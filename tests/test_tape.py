@@ -176,6 +176,66 @@ def test_spare_handles_are_reused_clean_by_either_api(C):
         assert v.grad == 1.0
 
 
+@contextlib.contextmanager
+def spares_taken(C):
+    """Holds live handles made by ops for the block, enough to have taken every spare (the
+    engine keeps at most 1,024), so that the handles dying in the block are kept as
+    spares."""
+    a = C(0.0)
+    hold = [a * 1.0 for _ in range(2048)]
+    yield
+    del hold
+
+
+def spares_come_back_untracked(C, ids):
+    """Makes handles until some of the dead ones named by ids have come back as spares;
+    every handle made is untracked (dealloc_handle asks the GC only about a handle that
+    holds a function: a tracked spare would be reused still in the GC's lists)."""
+    a = C(2.0)
+    made = [a * 1.0 for _ in range(50)] + [C(1.0) for _ in range(50)]
+    assert ids & {id(v) for v in made}
+    assert not any(gc.is_tracked(v) for v in made)
+
+
+@compiled
+def test_a_handle_cleared_by_the_gc_comes_back_untracked(C):
+    # out -> method-wrapper -> tuple -> out: neither a method-wrapper nor a tuple can be
+    # cleared, so the GC breaks the cycle at the handle, whose tp_clear must untrack it
+    with spares_taken(C):
+        out = C(2.0) * 3.0
+        t = (out,)
+        out._backward = t.__len__
+        assert gc.is_tracked(out)
+        ids = {id(out)}
+        del out, t
+        assert gc.collect() >= 3
+        spares_come_back_untracked(C, ids)
+
+
+@compiled
+def test_handles_made_without_a_node_are_untracked(C):
+    # Value.__new__ and _Handle() go through Cython's tp_new alone, which tracks
+    with spares_taken(C):
+        handles = [C.__new__(C) for _ in range(20)] + [core._Handle() for _ in range(20)]
+        assert not any(gc.is_tracked(h) for h in handles)
+        ids = {id(h) for h in handles}
+        del handles
+        spares_come_back_untracked(C, ids)
+
+
+@compiled
+def test_a_restored_rule_untracks_the_handle(C):
+    with spares_taken(C):
+        v = C(2.0) * 3.0
+        v._backward = lambda: None
+        assert gc.is_tracked(v)
+        v._backward = v._apply_rule
+        assert not gc.is_tracked(v)
+        ids = {id(v)}
+        del v
+        spares_come_back_untracked(C, ids)
+
+
 @compiled
 def test_a_python_subclass_of_the_handle_is_freed_as_its_own():
     # only the engine's own handle types become spares: an instance of a Python subclass

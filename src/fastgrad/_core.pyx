@@ -81,9 +81,11 @@ cdef extern from "Python.h":
     ctypedef void (*destructor)(PyObject*) noexcept
     ctypedef void (*freefunc)(void*) noexcept
     ctypedef int (*setattrofunc)(PyObject*, PyObject*, PyObject*) noexcept
+    ctypedef int (*inquiry)(PyObject*) noexcept
     ctypedef struct PyTypeObject:
         PyNumberMethods* tp_as_number
         destructor tp_dealloc
+        inquiry tp_clear
         freefunc tp_free
         setattrofunc tp_setattro
     PyTypeObject* Py_TYPE(object o)

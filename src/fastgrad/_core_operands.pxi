@@ -69,15 +69,18 @@ cdef real_t real_or_raise(object x, str what) except? -1.0:
 
 
 # The engine makes and frees its handles itself. Cython's tp_new for a GC type tracks
-# each object and the engine untracks it at once; its tp_dealloc saves and restores the
-# exception state around every __dealloc__: ~80 instructions per op (of ~700), measured
-# with callgrind. Handles hold no references that can form cycles unless a Python
-# _backward is assigned (the setter tracks them then), so here they are:
-#   - made untracked: from the spare handles of dead ones when there are any (refcount
-#     and type set again, slot -1 and _fn None kept from their last life), otherwise
-#     by Cython's tp_new and untracked;
+# each object and its tp_dealloc saves and restores the exception state around every
+# __dealloc__: ~80 instructions per op (of ~700), measured with callgrind. A handle holds
+# no reference that can form a cycle unless a Python _backward is assigned, so an engine
+# handle is GC-tracked only while its _fn is a function: __cinit__ untracks it at birth,
+# the _backward setter tracks it, and restore_rule and clear_handle (its tp_clear, when
+# the GC breaks a cycle through the function) untrack it as they let go of the function.
+# So here handles are:
+#   - made from the spare handles of dead ones when there are any (refcount and type set
+#     again, slot -1 and _fn None kept from their last life), otherwise by Cython's tp_new;
 #   - freed by dealloc_handle (installed as the three handle types' tp_dealloc below the
-#     classes), which saves the exception state only when one is set, and keeps up to
+#     classes), which asks the GC about a handle only when the invariant says it may be
+#     tracked, saves the exception state only when one is set, and keeps up to
 #     SPARE_HANDLES of them for reuse.
 cdef enum:
     SPARE_HANDLES = 1024
@@ -98,20 +101,13 @@ cdef inline object reuse_spare(PyTypeObject* kind):
 cdef inline Value new_handle():
     if _spares > 0:
         return <Value>reuse_spare(<PyTypeObject*>Value)
-    return <Value>fresh_handle(Value)
+    return Value.__new__(Value)
 
 
 cdef inline GptValue new_gpt_handle():
     if _spares > 0:
         return <GptValue>reuse_spare(<PyTypeObject*>GptValue)
-    return <GptValue>fresh_handle(GptValue)
-
-
-cdef object fresh_handle(type kind):
-    # (kept out of the inlined makers above: the spares are the usual case)
-    h = kind.__new__(kind)
-    PyObject_GC_UnTrack(h)
-    return h
+    return GptValue.__new__(GptValue)
 
 
 cdef void dealloc_handle(PyObject* o) noexcept:
@@ -127,8 +123,11 @@ cdef void dealloc_handle(PyObject* o) noexcept:
     cdef PyObject* evalue = NULL
     cdef PyObject* etb = NULL
     cdef bint pending = PyErr_Occurred() != NULL
-    if gc_is_tracked(o):
-        gc_untrack(o)
+    if (<_Handle>o)._fn is not None or not is_handle_type(kind):
+        # (otherwise it is untracked: see above; a Python subclass's instance is tracked
+        # by its type, and subtype_dealloc tracks it again before calling this)
+        if gc_is_tracked(o):
+            gc_untrack(o)
     if pending:
         PyErr_Fetch(&etype, &evalue, &etb)
     if i >= 0:
@@ -152,6 +151,16 @@ cdef void dealloc_handle(PyObject* o) noexcept:
         _spares += 1
     else:
         kind.tp_free(o)
+
+
+cdef int clear_handle(PyObject* o) noexcept:
+    """The handle types' tp_clear: the cyclic GC breaking a cycle through a Python
+    _backward. The handle lets go of the function, and is untracked as an engine handle
+    without one always is (see above). (The GC holds a reference to o meanwhile.)"""
+    if is_handle_type(<PyTypeObject*>type_of(o)):
+        gc_untrack(o)
+    (<_Handle>o)._fn = None
+    return 0
 
 
 # Every training loop writes data and grad once per parameter per step (micrograd's SGD

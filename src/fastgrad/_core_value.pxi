@@ -11,6 +11,7 @@ cdef void restore_rule(Value h) noexcept:
     if tape.flags[i] & PINNED:          # (h itself is alive: its caller holds it)
         tape.flags[i] &= ~PINNED
         decref(tape.handle[i])
+    PyObject_GC_UnTrack(h)              # (no function, no tracking: see dealloc_handle)
     h._fn = None
 
 
@@ -32,6 +33,10 @@ cdef class _Handle:
 
     def __cinit__(self):
         self.slot = -1                  # (a handle no constructor ran on names no node)
+        if is_handle_type(Py_TYPE(self)):
+            PyObject_GC_UnTrack(self)   # (tracked only while it holds a function: see
+                                        # dealloc_handle; a Python subclass's instance
+                                        # keeps its type's tracking)
 
     # --- attributes -----------------------------------------------------------------
 
@@ -172,7 +177,6 @@ cdef class Value(_Handle):
             check_slot(<Value>c)
         if self.slot >= 0:                     # a handle names one node for life
             raise TypeError("Value.__init__ cannot be called on an existing Value")
-        PyObject_GC_UnTrack(self)
         reserve(1)
         if n == 0 and is_empty(_op):
             i = push(LEAF, x, -1, -1)
@@ -357,12 +361,13 @@ cdef class Value(_Handle):
 
 cdef int install_slots() except -1:
     # every handle type frees its handles with dealloc_handle, which reuses them as any
-    # of the types: so they must all have _Handle's layout; and data and grad are
-    # written through the fast path beside it
+    # of the types: so they must all have _Handle's layout; the GC clears them with
+    # clear_handle; and data and grad are written through the fast path beside it
     for kind in (_Handle, Value, GptValue):
         if kind.__basicsize__ != _Handle.__basicsize__:
             raise ImportError(f"fastgrad: {kind.__name__} is not laid out as _Handle")
         (<PyTypeObject*>kind).tp_dealloc = dealloc_handle
+        (<PyTypeObject*>kind).tp_clear = clear_handle
         (<PyTypeObject*>kind).tp_setattro = handle_setattro
     return 0
 
@@ -396,7 +401,6 @@ cdef class GptValue(_Handle):
                              f"children and {len(grads)} local_grads")
         if self.slot >= 0:                     # a handle names one node for life
             raise TypeError("Value.__init__ cannot be called on an existing Value")
-        PyObject_GC_UnTrack(self)
         if n == 0:
             reserve(1)
             attach(self, push(LEAF, x, -1, -1))
