@@ -1,6 +1,7 @@
 """Graphs over their life on either engine: handles dropped mid-sweep, recompute without
 the leaves' handles, pickling, deep chains and wide sums, flat memory over training,
 threads. (The compiled arena's internals are in test_tape.py.)"""
+import copy
 import gc
 import math
 import pickle
@@ -83,6 +84,38 @@ def test_pickle_leaf_and_module(Value):
     m2 = pickle.loads(pickle.dumps(m))
     assert [(p.data, p.grad) for p in m2.parameters()] == [(p.data, p.grad) for p in m.parameters()]
     assert repr(m2) == repr(m)
+
+
+def test_copy_and_deepcopy_as_micrograd(Value):
+    # copy.copy and copy.deepcopy go through the pickle protocol: a leaf copies to a new
+    # leaf with its data, grad and label; a Module deep-copies to a model of its own that
+    # trains as micrograd's deep copy does, leaving the original as it was; a graph node
+    # refuses, as it does pickling
+    from micrograd import nn as mnn
+    v = Value(1.5, label='w')
+    v.grad = -0.25
+    for c in (copy.copy(v), copy.deepcopy(v)):
+        assert c is not v and type(c) is Value and (c.data, c.grad, c.label) == (1.5, -0.25, 'w')
+        c.data, c.grad = 2.0, 1.0
+        assert (v.data, v.grad) == (1.5, -0.25)
+    for how in (copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError, match="only leaf Values can be pickled or copied"):
+            how(v * 2)
+    runs = []
+    for N in (nn, mnn):
+        random.seed(3)
+        m = N.MLP(2, [3, 1])
+        before = [(p.data, p.grad) for p in m.parameters()]
+        m2 = copy.deepcopy(m)
+        assert repr(m2) == repr(m) and not set(map(id, m2.parameters())) & set(map(id, m.parameters()))
+        loss = sum((m2([x, -x]) - x) ** 2 for x in (0.5, -1.0, 2.0))
+        m2.zero_grad()
+        loss.backward()
+        for p in m2.parameters():
+            p.data -= 0.1 * p.grad
+        assert [(p.data, p.grad) for p in m.parameters()] == before
+        runs.append([(p.data, p.grad) for p in m2.parameters()])
+    assert runs[0] == runs[1]
 
 
 def chain(Value, n):

@@ -1,6 +1,7 @@
 """microgpt's contract: its engine API (fastgrad.microgpt.Value) on both engines, checked
 against the microgpt-style engine of examples/microgpt.py (the oracle: a Value whose ops
 return their local gradients), and its script run unchanged but for the import."""
+import copy
 import importlib
 import itertools
 import math
@@ -212,10 +213,11 @@ def test_no_grad_pickle_and_optimizers(G):
     assert y._children == () and y.data == 3.25
     w = G(0.5)
     w.grad = 0.25
-    w2 = pickle.loads(pickle.dumps(w))
-    assert type(w2) is G and (w2.data, w2.grad) == (0.5, 0.25)
-    with pytest.raises(TypeError, match="leaf"):
-        pickle.dumps(x * 2)
+    for w2 in (pickle.loads(pickle.dumps(w)), copy.copy(w), copy.deepcopy(w)):
+        assert type(w2) is G and w2 is not w and (w2.data, w2.grad) == (0.5, 0.25)
+    for how in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError, match="only leaf Values can be pickled or copied"):
+            how(x * 2)
     p = [G(0.3), G(-0.2)]
     opt = optim.Adam(p, lr=0.1, betas=(0.85, 0.99), eps=1e-8)
     for _ in range(3):

@@ -355,7 +355,7 @@ cdef class Value(_Handle):
 
     def __reduce__(self):
         if tape.op[check_slot(self)] != LEAF:
-            raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
+            raise TypeError("only leaf Values can be pickled or copied (a graph node would lose its children)")
         return (_restore, (self.data, self.grad, self.label))
 
 
@@ -450,7 +450,7 @@ cdef class GptValue(_Handle):
 
     def __reduce__(self):
         if tape.op[check_slot(self)] != LEAF:
-            raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
+            raise TypeError("only leaf Values can be pickled or copied (a graph node would lose its children)")
         return (_restore_gpt, (self.data, self.grad))
 
 

@@ -653,7 +653,7 @@ class Value(_Handle):
 
     def __reduce__(self):
         if self._code != Op.LEAF:
-            raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
+            raise TypeError("only leaf Values can be pickled or copied (a graph node would lose its children)")
         return (_restore, (self._data, self._grad, self._label))
 
 
@@ -694,7 +694,7 @@ class GptValue(_Handle):
 
     def __reduce__(self):
         if self._code != Op.LEAF:
-            raise TypeError("only leaf Values can be pickled (a graph node would lose its children)")
+            raise TypeError("only leaf Values can be pickled or copied (a graph node would lose its children)")
         return (_restore_gpt, (self._data, self._grad))
 
 
