@@ -162,6 +162,25 @@ def test_linear_with_relu_is_relu_of_linear(V, seed):
             assert {k.data for k in kids(o) - set(row) - xv} <= numbers
 
 
+def test_linear_with_relu_gates_at_the_rows_value_then(V):
+    # micrograd's ReLU rule reads its node's data when backward runs (out.data > 0), so
+    # an assigned value moves the gate: a folded row gates as the ReLU node of
+    # [s.relu() for s in linear(x, w)] does, on every engine (the fuzz target found the
+    # reference gating by the value the row was made with)
+    for made, assigned in ((1.0, 0.0), (-1.0, 0.5), (2.0, -3.0), (0.0, 1.0)):
+        gate = float(assigned > 0)
+        grads = []
+        for fold in (True, False):
+            x, w = V(made), V(1.0)
+            out = F.linear([x], [[w]], relu=True)[0] if fold else F.linear([x], [[w]])[0].relu()
+            out.data = assigned
+            out.backward()
+            grads.append((x.grad, w.grad))
+            if fold and hasattr(out, "_local_grads"):       # (children w, x)
+                assert out._local_grads == (made * gate, 1.0 * gate)
+        assert grads[0] == grads[1] == (gate, made * gate)
+
+
 def test_linear_with_relu_has_the_gated_local_grads(V):
     # microgpt's _local_grads of a folded row: the row's by its children, times the
     # ReLU's derivative (1 where the sum is positive, 0 elsewhere)

@@ -188,8 +188,8 @@ def spares_taken(C):
 
 
 def spares_come_back_untracked(C, ids):
-    """Makes handles until some of the dead ones named by ids have come back as spares;
-    every handle made is untracked (dealloc_handle asks the GC only about a handle that
+    """Makes 100 handles: some of them are the dead ones named by ids, come back as
+    spares, and none is tracked (dealloc_handle asks the GC only about a handle that
     holds a function: a tracked spare would be reused still in the GC's lists)."""
     a = C(2.0)
     made = [a * 1.0 for _ in range(50)] + [C(1.0) for _ in range(50)]

@@ -219,18 +219,37 @@ class _Scaled(tuple):
     mul(linear(...), scale) would before handing it on."""
 
 
+class _ReluRow(tuple):
+    """The derivatives of a LOCAL node whose value is the ReLU of its sum (the compiled
+    engine's RELU_ROW: linear(..., relu=True)). They are the sum's, and the rule first
+    multiplies the node's grad by the ReLU's derivative at the node's value then, as the
+    ReLU node of relu(linear(...)) would (_relu_rule) before handing it on."""
+
+
+def _row_gate(out):
+    # what a scaled or ReLU row multiplies its grad by before its derivatives, else None
+    kind = type(out._k)
+    if kind is _Scaled:
+        return out._k.scale
+    if kind is _ReluRow:
+        return float(out._data > 0)
+    return None
+
+
 def _local_rule(out):
     # LOCAL: the derivatives it was made with (out._k), one per child
     g = out._grad
-    if type(out._k) is _Scaled:
-        g = out._k.scale * g
+    gate = _row_gate(out)
+    if gate is not None:
+        g = gate * g
     for c, d in zip(out._children, out._k):
         c._grad += d * g
 
 
 def _local_grads_of(out):
-    if type(out._k) is _Scaled:
-        return tuple(d * out._k.scale for d in out._k)
+    gate = _row_gate(out)
+    if gate is not None:
+        return tuple(d * gate for d in out._k)
     return out._k
 
 
@@ -814,12 +833,13 @@ def _linear(x, w, bias=None, relu=False):
             children += [wi, xi]
             grads += [xi._data, wi._data]
         if relu:
-            # relu(sum) in the row's node: the ReLU's value, and by the chain rule the
-            # sum's derivatives times the ReLU's (0 or 1, as _relu_rule multiplies by)
+            # relu(sum) in the row's node: the ReLU's value, and the sum's derivatives,
+            # which the rule multiplies by the ReLU's at the node's value (_ReluRow)
             acc = _relu_forward(None, acc)
-            gate = float(acc > 0)
-            grads = [d * gate for d in grads]
-        out.append(_local_node(kind, acc, children, grads))
+        row = _local_node(kind, acc, children, grads)
+        if relu and row._code is Op.LOCAL:
+            row._k = _ReluRow(row._k)
+        out.append(row)
     return out
 
 
