@@ -227,28 +227,25 @@ class _ReluRow(tuple):
 
 
 def _row_gate(out):
-    # what a scaled or ReLU row multiplies its grad by before its derivatives, else None
-    kind = type(out._k)
-    if kind is _Scaled:
+    # what a scaled or ReLU row (its _k not a plain tuple) multiplies its grad by before
+    # its derivatives
+    if type(out._k) is _Scaled:
         return out._k.scale
-    if kind is _ReluRow:
-        return float(out._data > 0)
-    return None
+    return float(out._data > 0)
 
 
 def _local_rule(out):
     # LOCAL: the derivatives it was made with (out._k), one per child
     g = out._grad
-    gate = _row_gate(out)
-    if gate is not None:
-        g = gate * g
+    if type(out._k) is not tuple:
+        g = _row_gate(out) * g
     for c, d in zip(out._children, out._k):
         c._grad += d * g
 
 
 def _local_grads_of(out):
-    gate = _row_gate(out)
-    if gate is not None:
+    if type(out._k) is not tuple:
+        gate = _row_gate(out)
         return tuple(d * gate for d in out._k)
     return out._k
 
