@@ -2,11 +2,12 @@
 
 A hypothesis state machine keeps pairs (compiled node, reference node) built by the same
 calls: leaves, operators with Values and numbers, lecture-style custom ops, fused nodes,
-data/grad/label assignment, backward, recompute, dropped handles, pickling, garbage
-collection. Every call must do the same on both engines, exceptions included (a call that
-raises leaves both graphs as they were), and after every step the pairs must agree: data
-exactly, grads to a rounding error (engines add a node's grad terms in different orders;
-`Grads` tracks how large those terms are), `_op`, label and the number of children.
+data/grad/label assignment, backward, recompute, optimizer steps, dropped handles,
+pickling, garbage collection. Every call must do the same on both engines, exceptions
+included (a call that raises leaves both graphs as they were), and after every step the
+pairs must agree: data exactly, grads to a rounding error (engines add a node's grad
+terms in different orders; `Grads` tracks how large those terms are), `_op`, label and
+the number of children.
 
 In the test suite this runs briefly; `make fuzz` runs it for a fixed time with many more
 examples (scripts/fuzz.py).
@@ -20,8 +21,7 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import fastgrad
-from fastgrad import functional as F
-from fastgrad import reference
+from fastgrad import functional as F, optim, reference
 from fastgrad.ops import Op
 
 from graphs import close, custom_unary
@@ -327,6 +327,69 @@ class API(RuleBasedStateMachine):
             self.grads.set(ra, x)
         else:
             a.data = ra.data = x
+
+    def same_grads(self, ps):
+        # an optimizer's C loops equal the reference's Python ones to the bit on the same
+        # grads, which the engines' sums of grad terms may not be (in the last bit)
+        for a, ra in ps:
+            ra.grad = a.grad
+            self.grads.set(ra, a.grad)
+
+    def optimizers(self, ps, kind, lr, decay):
+        # the same optimizer on both engines over pairs ps
+        kw = dict(lr=lr) if kind == 'SGD' else dict(lr=lr, betas=(0.85, 0.99), weight_decay=decay)
+        return (getattr(optim, kind)([a for a, _ in ps], **kw),
+                getattr(optim, kind)([ra for _, ra in ps], **kw))
+
+    OPTIMIZER = dict(kind=st.sampled_from(['SGD', 'Adam']), lr=st.sampled_from([0.0, 0.01, 0.5]),
+                     decay=st.sampled_from([0.0, 0.1]))
+
+    @precondition(lambda self: self.pairs or self.gpairs)
+    @rule(picks=st.lists(st.integers(0, 99), min_size=1, max_size=5), gpt=st.booleans(),
+          steps=st.integers(1, 3), zero=st.booleans(), **OPTIMIZER)
+    def optimize(self, picks, gpt, steps, zero, **kw):
+        # an optimizer over any nodes (graph nodes too, repeats allowed), between any
+        # other calls
+        pairs = self.gpairs if (gpt and self.gpairs) or not self.pairs else self.pairs
+        ps = [pairs[j % len(pairs)] for j in picks]
+        opt, ropt = self.optimizers(ps, **kw)
+        self.same_grads(ps)
+        for _ in range(steps):
+            opt.step()
+            ropt.step()
+        if zero:
+            opt.zero_grad()
+            ropt.zero_grad()
+            for _, ra in ps:
+                self.grads.set(ra, 0.0)
+
+    @precondition(lambda self: self.pairs)
+    @rule(i=st.integers(0, 99), picks=st.lists(st.integers(0, 99), min_size=1, max_size=5),
+          **OPTIMIZER)
+    def training_step(self, i, picks, **kw):
+        # the replayed training loop over parameters from the root's graph: recompute(),
+        # zero_grad(), backward(), step(), then backward() again, which must read the
+        # stepped data, not the derivatives the recompute() recorded
+        a, ra = self.pick(i)
+        below = {id(v) for v in ra._topo()}
+        pairs = [p for p in self.pairs if id(p[1]) in below]
+        ps = [pairs[j % len(pairs)] for j in picks]
+        if same_outcome(a.recompute, ra.recompute) is None:
+            return
+        self.grads.recompute(ra)
+        opt, ropt = self.optimizers(ps, **kw)
+        opt.zero_grad()
+        ropt.zero_grad()
+        for _, rp in ps:
+            self.grads.set(rp, 0.0)
+        for step in range(2):
+            a.backward()
+            ra.backward()
+            self.grads.backward(ra)
+            if step == 0:
+                self.same_grads(ps)
+                opt.step()
+                ropt.step()
 
     @precondition(lambda self: self.pairs)
     @rule(i=st.integers(0, 99), label=st.sampled_from(['', 'a', 'loss']))
