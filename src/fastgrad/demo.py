@@ -96,7 +96,8 @@ def progress(steps: int) -> tuple[Callable[[int, float, float], None], Callable[
     bar = tqdm(total=steps, desc="training", unit="step")
 
     def update(k: int, loss: float, acc: float) -> None:
-        bar.set_postfix(loss=f"{loss:.4f}", accuracy=f"{acc:.0%}")
+        # (shown at the bar's next redraw, every 0.1 s, rather than redrawn every step)
+        bar.set_postfix(loss=f"{loss:.4f}", accuracy=f"{acc:.0%}", refresh=False)
         bar.update(1)
     return update, bar.close
 
