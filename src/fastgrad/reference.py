@@ -40,17 +40,24 @@ def _real_or_raise(x, what):
     return r
 
 
+def _complex_power(a, k):
+    """Whether a ** k is a negative number to a fractional power: complex in Python (or
+    complex pow's OverflowError, for a tiny base), nan from C's pow."""
+    return a < 0.0 and math.isfinite(a) and math.isfinite(k) and k != math.floor(k)
+
+
 def _pow_ieee(a, k):
-    """a ** k as C's pow computes it: inf or nan where Python would raise."""
+    """a ** k as C's pow computes it: inf or nan where Python would raise or go complex."""
+    if _complex_power(a, k):
+        return math.nan
     try:
-        r = a ** k
+        return a ** k
     except ZeroDivisionError:              # 0 ** negative
         odd = k == math.floor(k) and k % 2 == 1
         return math.copysign(math.inf, a) if odd else math.inf
     except OverflowError:
         odd = k == math.floor(k) and k % 2 == 1
         return -math.inf if a < 0 and odd else math.inf
-    return math.nan if isinstance(r, complex) else r
 
 
 def _div_ieee(x, y):
@@ -99,7 +106,7 @@ def _mul_rule(out):
 def _pow_forward(k, a):
     """a ** k with Python's float semantics, except that a complex result is an error."""
     k = float(k)
-    if a < 0.0 and math.isfinite(a) and math.isfinite(k) and k != math.floor(k):
+    if _complex_power(a, k):
         raise ValueError(f"negative number {a!r} cannot be raised to a fractional power {k!r}")
     try:
         return a ** k
