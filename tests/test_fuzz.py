@@ -88,6 +88,10 @@ class API(RuleBasedStateMachine):
     def gpick(self, i):
         return self.gpairs[i % len(self.gpairs)]
 
+    def either(self, gpt):
+        # the microgpt-API pairs if asked for and there are some, else the others
+        return self.gpairs if (gpt and self.gpairs) or not self.pairs else self.pairs
+
     def add(self, out, to=None):
         if out is not None:
             (self.pairs if to is None else to).append(out)
@@ -318,10 +322,13 @@ class API(RuleBasedStateMachine):
             lambda: getattr(C, name)(start[0], [p[0] for p in w], [p[0] for p in x]),
             lambda: getattr(R, name)(start[1], [p[1] for p in w], [p[1] for p in x])))
 
-    @precondition(lambda self: self.pairs)
-    @rule(i=st.integers(0, 99), x=st.one_of(number, special), grad=st.booleans())
-    def assign(self, i, x, grad):
-        a, ra = self.pick(i)
+    @precondition(lambda self: self.pairs or self.gpairs)
+    @rule(i=st.integers(0, 99), x=st.one_of(number, special), grad=st.booleans(),
+          gpt=st.booleans())
+    def assign(self, i, x, grad, gpt):
+        # (microgpt's operators' derivatives are read at backward time too: see README)
+        pairs = self.either(gpt)
+        a, ra = pairs[i % len(pairs)]
         if grad:
             a.grad = ra.grad = x
             self.grads.set(ra, x)
@@ -350,7 +357,7 @@ class API(RuleBasedStateMachine):
     def optimize(self, picks, gpt, steps, zero, **kw):
         # an optimizer over any nodes (graph nodes too, repeats allowed), between any
         # other calls
-        pairs = self.gpairs if (gpt and self.gpairs) or not self.pairs else self.pairs
+        pairs = self.either(gpt)
         ps = [pairs[j % len(pairs)] for j in picks]
         opt, ropt = self.optimizers(ps, **kw)
         self.same_grads(ps)
