@@ -1,8 +1,8 @@
 """Every op of the example table (op_examples.py), checked the same way: its value and
 grads against the closed form on every operand combination, gradcheck against finite
 differences, the compiled engine against the reference (also with special values
-assigned before backward), and on the compiled engine the replay against the rules'
-sweep and a rebuilt graph, to the bit. A new op is covered by all of them as soon as it
+assigned before backward or recompute()), and on the compiled engine the replay against
+the rules' sweep and a rebuilt graph, to the bit. A new op is covered by all of them as soon as it
 has a row."""
 import itertools
 import math
@@ -110,6 +110,39 @@ def test_rules_at_assigned_special_values_equal_the_reference(op):
                         (node * g).backward()
                         got.append([leaf.grad for leaf in leaves])
                     assert all(map(same, *got)), (op.name, k, data, node_data, g, got)
+
+
+@pytest.mark.parametrize("op", [op for op in OPS if op != Op.LEAF and EXAMPLES[op].replayable],
+                         ids=lambda op: op.name)
+def test_recompute_from_special_values_equals_the_reference(op):
+    # recompute() from inputs assigned the special values: the same error on both
+    # engines with every value put back, or the same values, and then the same grads
+    # from the derivatives the compiled replay recorded, to the bit
+    core = pytest.importorskip("fastgrad._core")
+    ex = EXAMPLES[op]
+    xs, k = ex.cases[0]
+    ks = [k] if ex.params == [None] else ex.params
+    for k in ks:
+        for data in assignments(len(xs)):
+            for g in (1.0, math.inf, -0.0):
+                got = []
+                for V in (core.Value, reference.Value):
+                    leaves = [V(x) for x in xs]
+                    node = ex.make(V, leaves, k)
+                    root = node * g
+                    for leaf, x in zip(leaves, data):
+                        if x is not None:
+                            leaf.data = x
+                    try:
+                        root.recompute()
+                    except (ArithmeticError, ValueError) as e:
+                        got.append((type(e), node.data, [leaf.data for leaf in leaves]))
+                        continue
+                    root.backward()
+                    got.append((None, node.data, [leaf.grad for leaf in leaves]))
+                (error, value, xs_or_grads), (rerror, rvalue, rxs_or_grads) = got
+                assert error is rerror and same(value, rvalue), (op.name, k, data, g, got)
+                assert all(map(same, xs_or_grads, rxs_or_grads)), (op.name, k, data, g, got)
 
 
 @pytest.mark.compiled
