@@ -74,12 +74,28 @@ def same(x, y):
     return bits(x) == bits(y) or (math.isnan(x) and math.isnan(y))
 
 
-def assignments(n):
-    """Data for n inputs: every pair of special values for up to two inputs; for more,
-    one input at a time through them, the others kept."""
+def special_inputs(op):
+    """(k, data) for the op's first case: every exponent k random programs draw (else the
+    case's), and data for its inputs, every pair of special values for up to two inputs,
+    else one input at a time through them (None: the case's value kept)."""
+    xs, k = EXAMPLES[op].cases[0]
+    n = len(xs)
     if n <= 2:
-        return list(itertools.product(SPECIAL, repeat=n))
-    return [(None,) * i + (x,) + (None,) * (n - i - 1) for i in range(n) for x in SPECIAL]
+        data = list(itertools.product(SPECIAL, repeat=n))
+    else:
+        data = [(None,) * i + (x,) + (None,) * (n - i - 1) for i in range(n) for x in SPECIAL]
+    ks = [k] if EXAMPLES[op].params == [None] else EXAMPLES[op].params
+    return [(k, d) for k in ks for d in data]
+
+
+def assigned(V, op, k, data):
+    """(leaves, node): the op's node made at its first case, then its inputs assigned."""
+    leaves = [V(x) for x in EXAMPLES[op].cases[0][0]]
+    node = EXAMPLES[op].make(V, leaves, k)
+    for leaf, x in zip(leaves, data):
+        if x is not None:
+            leaf.data = x
+    return leaves, node
 
 
 @pytest.mark.parametrize("op", [op for op in OPS if op != Op.LEAF], ids=lambda op: op.name)
@@ -91,25 +107,17 @@ def test_rules_at_assigned_special_values_equal_the_reference(op):
     # Python's arithmetic would raise or go complex. (A base of ** that an Adam step took
     # below 0 once got an infinity from the reference and nan from C's pow.)
     core = pytest.importorskip("fastgrad._core")
-    ex = EXAMPLES[op]
-    xs, k = ex.cases[0]
-    ks = [k] if ex.params == [None] else ex.params
-    for k in ks:
-        for data in assignments(len(xs)):
-            for node_data in [None] + SPECIAL:
-                for g in (1.0, math.inf):
-                    got = []
-                    for V in (core.Value, reference.Value):
-                        leaves = [V(x) for x in xs]
-                        node = ex.make(V, leaves, k)
-                        for leaf, x in zip(leaves, data):
-                            if x is not None:
-                                leaf.data = x
-                        if node_data is not None:
-                            node.data = node_data
-                        (node * g).backward()
-                        got.append([leaf.grad for leaf in leaves])
-                    assert all(map(same, *got)), (op.name, k, data, node_data, g, got)
+    for k, data in special_inputs(op):
+        for node_data in [None] + SPECIAL:
+            for g in (1.0, math.inf):
+                got = []
+                for V in (core.Value, reference.Value):
+                    leaves, node = assigned(V, op, k, data)
+                    if node_data is not None:
+                        node.data = node_data
+                    (node * g).backward()
+                    got.append([leaf.grad for leaf in leaves])
+                assert all(map(same, *got)), (op.name, k, data, node_data, g, got)
 
 
 @pytest.mark.parametrize("op", [op for op in OPS if op != Op.LEAF and EXAMPLES[op].replayable],
@@ -119,30 +127,22 @@ def test_recompute_from_special_values_equals_the_reference(op):
     # engines with every value put back, or the same values, and then the same grads
     # from the derivatives the compiled replay recorded, to the bit
     core = pytest.importorskip("fastgrad._core")
-    ex = EXAMPLES[op]
-    xs, k = ex.cases[0]
-    ks = [k] if ex.params == [None] else ex.params
-    for k in ks:
-        for data in assignments(len(xs)):
-            for g in (1.0, math.inf, -0.0):
-                got = []
-                for V in (core.Value, reference.Value):
-                    leaves = [V(x) for x in xs]
-                    node = ex.make(V, leaves, k)
-                    root = node * g
-                    for leaf, x in zip(leaves, data):
-                        if x is not None:
-                            leaf.data = x
-                    try:
-                        root.recompute()
-                    except (ArithmeticError, ValueError) as e:
-                        got.append((type(e), node.data, [leaf.data for leaf in leaves]))
-                        continue
-                    root.backward()
-                    got.append((None, node.data, [leaf.grad for leaf in leaves]))
-                (error, value, xs_or_grads), (rerror, rvalue, rxs_or_grads) = got
-                assert error is rerror and same(value, rvalue), (op.name, k, data, g, got)
-                assert all(map(same, xs_or_grads, rxs_or_grads)), (op.name, k, data, g, got)
+    for k, data in special_inputs(op):
+        for g in (1.0, math.inf, -0.0):
+            got = []
+            for V in (core.Value, reference.Value):
+                leaves, node = assigned(V, op, k, data)
+                root = node * g
+                try:
+                    root.recompute()
+                except (ArithmeticError, ValueError) as e:
+                    got.append((type(e), node.data, [leaf.data for leaf in leaves]))
+                    continue
+                root.backward()
+                got.append((None, node.data, [leaf.grad for leaf in leaves]))
+            (error, value, xs_or_grads), (rerror, rvalue, rxs_or_grads) = got
+            assert error is rerror and same(value, rvalue), (op.name, k, data, g, got)
+            assert all(map(same, xs_or_grads, rxs_or_grads)), (op.name, k, data, g, got)
 
 
 @pytest.mark.compiled
