@@ -64,9 +64,22 @@ def test_a_failing_self_check_exits_non_zero(monkeypatch, capsys):
         return out
 
     monkeypatch.setattr(cli, "check_function", cube_with_a_wrong_derivative)
-    assert cli.main() == 1
+    assert cli.main([]) == 1
     report = capsys.readouterr().out.splitlines()
     backward, numeric = map(float, re.search(r"backward (\S+), finite difference (\S+)$",
                                              report[-2]).groups())
     assert backward == 2 * 0.5 and numeric == pytest.approx(3 * 0.5 ** 2, rel=1e-7)
     assert report[-1].startswith("self-check: FAILED (|difference| 0.25, ")
+
+
+def test_python_m_fastgrad_answers_help_and_version_and_refuses_other_arguments():
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "fastgrad", *args], capture_output=True,
+                              text=True)
+    shown = run("--help")
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: python -m fastgrad")
+    assert "self-check" not in shown.stdout
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout == f"fastgrad {fastgrad.__version__}\n"
+    wrong = run("--verbose")
+    assert wrong.returncode == 2 and "unrecognized arguments: --verbose" in wrong.stderr

@@ -345,6 +345,21 @@ def test_the_gpt_example_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert "training" in out.err            # tqdm's progress bar
 
 
+def test_the_gpt_examples_command_line(capsys):
+    # `python -m fastgrad.gpt --help` says what it takes (before matplotlib is imported);
+    # a step count that is not a positive integer is a usage error
+    from fastgrad import gpt
+    with pytest.raises(SystemExit) as shown:
+        gpt.main(["--help"])
+    assert shown.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: python -m fastgrad.gpt [-h] [steps]")
+    for wrong in (["0"], ["ten"], ["3", "4"]):
+        with pytest.raises(SystemExit) as refused:
+            gpt.main(wrong)
+        assert refused.value.code == 2
+        assert "usage: python -m fastgrad.gpt" in capsys.readouterr().err
+
+
 def test_adam_is_microgpts_optimizer(G):
     # fastgrad.optim.Adam with microgpt's settings, its lr decayed through param_groups,
     # against the update as microgpt writes it (m_hat, v_hat), on the same grads

@@ -3,9 +3,11 @@
 Prints the version, the engine in use (compiled, or the reference and why), the compiled
 module's path and how it was built, then a self-check: the gradient of one expression
 from backward() against its central finite difference. Exits 1 if the check fails.
+`--version` prints the version only.
 """
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
 from typing import Any
@@ -56,7 +58,13 @@ def compiled_lines() -> list[str]:
             f"build: {build['mode']}, Cython {build['cython']}; {build['command']}"]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fastgrad", description="Prints what this install of fastgrad is "
+        "(version, engine, build) and checks one gradient against a finite difference; "
+        "exits 1 if they disagree.")
+    parser.add_argument("--version", action="version", version=f"fastgrad {fastgrad.__version__}")
+    parser.parse_args(argv)
     engine = _engine.ENGINE if not _engine.REASON else f"{_engine.ENGINE} ({_engine.REASON})"
     lines = [f"fastgrad {fastgrad.__version__}",
              f"engine: {engine}",
@@ -69,4 +77,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -21,7 +21,6 @@ and writes the loss curve to gpt-output/loss.png (matplotlib and tqdm: the demo 
 from __future__ import annotations
 
 import random
-import sys
 from typing import Any
 
 from fastgrad import functional as F
@@ -130,15 +129,24 @@ class GPT:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import argparse
     import os
+
+    parser = argparse.ArgumentParser(
+        prog="python -m fastgrad.gpt", description="Trains microgpt's model on fastgrad's "
+        "fused layers, prints 20 sampled names and writes the loss curve to "
+        "gpt-output/loss.png.")
+    parser.add_argument("steps", nargs="?", type=int, default=1000,
+                        help="training steps (default 1000)")
+    num_steps = parser.parse_args(argv).steps
+    if num_steps < 1:
+        parser.error("steps must be at least 1")
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from tqdm import tqdm
 
-    args = sys.argv[1:] if argv is None else argv
-    num_steps = int(args[0]) if args else 1000
     gpt = GPT()
     print(f"{len(gpt.docs)} names, vocabulary {gpt.vocab_size}, {len(gpt.params)} parameters")
     losses = []
