@@ -49,8 +49,10 @@ class Grads:
         for v in reversed(topo):
             if v._fn is not None and v._code != Op.CUSTOM:
                 continue                # an overridden rule (the fuzz's adds nothing)
+            m = self.m.get(v, 0.0)
             for c, d in local_derivatives(v):
-                self.m[c] = self.m.get(c, 0.0) + abs(d) * self.m.get(v, 0.0)
+                if d and m:             # (a zero factor adds nothing: 0 * inf is no nan here)
+                    self.m[c] = self.m.get(c, 0.0) + abs(d) * m
 
     def recompute(self, root):
         for v in root._topo():
