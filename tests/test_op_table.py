@@ -2,8 +2,8 @@
 grads against the closed form on every operand combination, gradcheck against finite
 differences, the compiled engine against the reference (also with special values
 assigned before backward or recompute()), and on the compiled engine the replay against
-the rules' sweep and a rebuilt graph, to the bit. A new op is covered by all of them as soon as it
-has a row."""
+the rules' sweep and a rebuilt graph, to the bit. A new op is covered by all of them as
+soon as it has a row."""
 import itertools
 import math
 import struct
