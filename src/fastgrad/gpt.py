@@ -20,6 +20,7 @@ and writes the loss curve to gpt-output/loss.png (matplotlib and tqdm: the demo 
 """
 from __future__ import annotations
 
+import argparse
 import random
 from typing import Any
 
@@ -129,7 +130,6 @@ class GPT:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
     import os
 
     parser = argparse.ArgumentParser(
