@@ -74,7 +74,38 @@ def test_learning_rate_schedule_hook(Value):
     before = [p.data for p in ps]
     opt.step()
     assert [p.data for p in ps] == before
-    assert opt.param_groups[0]['params'] == ps
+    assert opt.param_groups[0]['params'] == tuple(ps)
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_the_parameters_cannot_be_changed_under_the_kernel(Value, name):
+    # the kernel keeps the slots of the Values it was made with: replacing or editing
+    # the group's parameters is refused, not ignored, and leaves every Value as it was
+    ps = make(Value)
+    opt = getattr(optim, name)(ps, lr=0.1)
+    quadratic(Value, ps).backward()
+    with pytest.raises(TypeError):
+        opt.param_groups[0]['params'][0] = Value(9.0)
+    other = make(Value)
+    opt.param_groups[0]['params'] = other
+    before = [(p.data, p.grad) for p in ps + other]
+    for call in (opt.step, opt.zero_grad):
+        with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\] was replaced"):
+            call()
+    assert [(p.data, p.grad) for p in ps + other] == before
+    if name == "Adam":
+        assert opt.steps == 0
+
+
+def test_a_repeated_parameter_is_stepped_once_per_listing_with_a_warning(Value):
+    # as micrograd's loop `for p in params: p.data -= lr * p.grad` over the same list
+    ps = make(Value)
+    with pytest.warns(UserWarning, match=r"a Value more than once \(2 repeated"):
+        opt = optim.SGD(ps + ps[:2], lr=0.1)
+    quadratic(Value, ps).backward()
+    expected = [p.data - 0.1 * p.grad * (2 if k < 2 else 1) for k, p in enumerate(ps)]
+    opt.step()
+    assert [p.data for p in ps] == pytest.approx(expected, rel=1e-15)
 
 
 def test_bad_arguments(Value):
@@ -120,7 +151,10 @@ def test_compiled_loops_over_scattered_slots_equal_the_python_kernel(name, kw):
     order = [0, 1, 2, 5, 6, 7, 8, 3, 10, 11, 10, 4]
     made = {C: [C(0.5 - 0.1 * k) for k in range(12)], R: [R(0.5 - 0.1 * k) for k in range(12)]}
     cs, rs = [made[C][k] for k in order], [made[R][k] for k in order]
-    copt, ropt = getattr(optim, name)(cs, **kw), getattr(optim, name)(rs, **kw)
+    with pytest.warns(UserWarning, match="more than once"):
+        copt = getattr(optim, name)(cs, **kw)
+    with pytest.warns(UserWarning, match="more than once"):
+        ropt = getattr(optim, name)(rs, **kw)
     for _ in range(6):
         for ps, opt, V in ((cs, copt, C), (rs, ropt, R)):
             opt.zero_grad()

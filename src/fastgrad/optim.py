@@ -10,10 +10,13 @@ parameters' slots on the compiled engine (and as Python loops on the reference).
         opt.param_groups[0]['lr'] *= 0.99     # the learning-rate schedule hook
 
 Each engine provides the kernel (`_Params`): the update formulas are written out in
-`fastgrad.reference._Params`, which the compiled loops equal bit for bit.
+`fastgrad.reference._Params`, which the compiled loops equal bit for bit. The kernel
+keeps the parameters' slots, so `param_groups[0]['params']` is a tuple: the
+hyperparameters may change between steps, the parameters may not.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterable
 
 from fastgrad._engine import engine_of
@@ -27,11 +30,26 @@ class Optimizer:
         values = list(params)
         if not values:
             raise ValueError("optimizer got an empty parameter list")
+        repeats = len(values) - len({id(v) for v in values})
+        if repeats:
+            # (PyTorch warns too; its Adam would then step one state twice)
+            warnings.warn(f"optimizer got a Value more than once ({repeats} repeated "
+                          "listing(s)): each listing is stepped as a parameter of its own, "
+                          "as a Python loop over the list would step it", stacklevel=3)
         self._params = engine_of(values)._Params(values)
-        self.param_groups: list[dict[str, Any]] = [
-            dict(params=list(self._params.values), **defaults)]
+        self._listed = tuple(self._params.values)
+        self.param_groups: list[dict[str, Any]] = [dict(params=self._listed, **defaults)]
+
+    def _group(self) -> dict[str, Any]:
+        """param_groups[0], once it is known to hold the parameters the kernel steps."""
+        group = self.param_groups[0]
+        if group['params'] is not self._listed:
+            raise ValueError("param_groups[0]['params'] was replaced; an optimizer steps "
+                             "the parameters it was made with: make a new one")
+        return group
 
     def zero_grad(self) -> None:
+        self._group()
         self._params.zero_grad()
 
 
@@ -44,7 +62,7 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr))
 
     def step(self) -> None:
-        self._params.sgd(float(self.param_groups[0]['lr']))
+        self._params.sgd(float(self._group()['lr']))
 
 
 class Adam(Optimizer):
@@ -66,7 +84,7 @@ class Adam(Optimizer):
         self.steps = 0
 
     def step(self) -> None:
-        g = self.param_groups[0]
+        g = self._group()
         self.steps += 1
         self._params.adam(float(g['lr']), float(g['betas'][0]), float(g['betas'][1]),
                           float(g['eps']), float(g['weight_decay']), self.steps)
