@@ -83,3 +83,19 @@ def test_python_m_fastgrad_answers_help_and_version_and_refuses_other_arguments(
     assert version.returncode == 0 and version.stdout == f"fastgrad {fastgrad.__version__}\n"
     wrong = run("--verbose")
     assert wrong.returncode == 2 and "unrecognized arguments: --verbose" in wrong.stderr
+
+
+@pytest.mark.parametrize("command", [["fastgrad"], ["fastgrad.gpt", "2"],
+                                     ["fastgrad.demo", "--steps", "2"]])
+def test_a_reader_that_closed_the_pipe_ends_the_command_quietly(command, tmp_path):
+    # `python -m fastgrad | head -1`: the reader is gone before the command prints, and
+    # the command ends with status 1 and no traceback (a BrokenPipeError before)
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("tqdm")
+    with subprocess.Popen([sys.executable, "-m", *command], cwd=tmp_path,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as run:
+        run.stdout.close()              # (the command takes ~0.1 s to start up)
+        errors = run.stderr.read().decode()
+        status = run.wait()
+    assert status == 1
+    assert "Traceback" not in errors and "Error" not in errors, errors

@@ -14,6 +14,7 @@ from typing import Any
 
 import fastgrad
 from fastgrad import _engine
+from fastgrad._cli import run
 from fastgrad.grad_mode import no_grad
 
 # the self-check: d/dx of CHECK_TEXT at x = CHECK_AT, against (f(x + h) - f(x - h)) / 2h,
@@ -77,4 +78,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    run(main)

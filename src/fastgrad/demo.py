@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from fastgrad._cli import run
 from fastgrad.datasets import make_moons
 from fastgrad.engine import Value
 from fastgrad.grad_mode import no_grad
@@ -155,4 +156,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

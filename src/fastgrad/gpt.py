@@ -21,11 +21,13 @@ and writes the loss curve to gpt-output/loss.png (matplotlib and tqdm: the demo 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 from typing import Any
 
 from fastgrad import functional as F
 from fastgrad import optim
+from fastgrad._cli import run
 from fastgrad.datasets import names
 from fastgrad.engine import Value
 from fastgrad.grad_mode import no_grad
@@ -130,8 +132,6 @@ class GPT:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import os
-
     parser = argparse.ArgumentParser(
         prog="python -m fastgrad.gpt", description="Trains microgpt's model on fastgrad's "
         "fused layers, prints 20 sampled names and writes the loss curve to "
@@ -176,4 +176,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)
