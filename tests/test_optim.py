@@ -1,5 +1,7 @@
 """fastgrad.optim: the C loops give exactly the updates written out in Python."""
+import copy
 import math
+import pickle
 
 import pytest
 
@@ -166,3 +168,38 @@ def test_compiled_loops_over_scattered_slots_equal_the_python_kernel(name, kw):
         ropt.step()
         assert [c.data for c in cs] == [r.data for r in rs]
     assert made[C][9].data == 0.5 - 0.9     # (not a parameter: untouched)
+
+
+@pytest.mark.parametrize("name, kw", [("SGD", dict(lr=0.1)),
+                                      ("Adam", dict(lr=0.05, weight_decay=0.01))])
+@pytest.mark.parametrize("how", ["pickle", "deepcopy"])
+def test_an_optimizer_pickles_and_copies_with_its_state(Value, name, kw, how):
+    # a checkpoint of (parameters, optimizer) in mid-training resumes where the
+    # original goes on: the copy steps the copied parameters, from the same moments
+    ps = make(Value)
+    opt = getattr(optim, name)(ps, **kw)
+
+    def train(ps, opt, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            quadratic(Value, ps).backward()
+            opt.step()
+
+    train(ps, opt, 3)
+    saved = (pickle.loads(pickle.dumps((ps, opt))) if how == "pickle"
+             else copy.deepcopy((ps, opt)))
+    ps2, opt2 = saved
+    assert all(a is b for a, b in zip(opt2.param_groups[0]['params'], ps2))
+    assert [p.data for p in ps2] == [p.data for p in ps]
+    train(ps, opt, 3)
+    train(ps2, opt2, 3)
+    assert [p.data for p in ps2] == [p.data for p in ps]
+    assert getattr(opt2, "steps", None) == getattr(opt, "steps", None)
+
+
+def test_a_shallow_copy_of_an_optimizer_shares_its_state(Value):
+    # (as for any Python object: copy.copy shares what the optimizer holds)
+    ps = make(Value)
+    opt = optim.Adam(ps, lr=0.05)
+    twin = copy.copy(opt)
+    assert twin._params is opt._params and twin.param_groups[0]['params'] is opt._listed

@@ -79,6 +79,21 @@ cdef class _Params:
                      weight_decay)
         tape.epoch += 1
 
+    def __reduce__(self):
+        # pickling and copying: the same Values (a pickler's memo keeps them the ones the
+        # model holds), each with its Adam moments
+        return (_restore_params, (self.values, [self.m[k] for k in range(self.n)],
+                                  [self.v[k] for k in range(self.n)]))
+
+
+def _restore_params(values, m, v):
+    """Unpickles a _Params: its Values and each one's moments."""
+    cdef _Params p = _Params(values)
+    cdef Py_ssize_t k
+    for k in range(p.n):
+        p.m[k], p.v[k] = m[k], v[k]
+    return p
+
 
 cdef void sgd_run(unshared_reals value, unshared_reals grad, Py_ssize_t n,
                   real_t lr) noexcept nogil:
