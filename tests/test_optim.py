@@ -110,6 +110,14 @@ def test_a_repeated_parameter_is_stepped_once_per_listing_with_a_warning(Value):
     assert [p.data for p in ps] == pytest.approx(expected, rel=1e-15)
 
 
+def test_repr_shows_the_group(Value):
+    opt = optim.Adam(make(Value), lr=0.01, betas=(0.85, 0.99))
+    assert repr(opt) == "Adam(5 parameters, lr=0.01, betas=(0.85, 0.99), eps=1e-08, weight_decay=0.0)"
+    opt.param_groups[0]['lr'] = 0.005
+    assert repr(optim.SGD(make(Value), lr=0.1)) == "SGD(5 parameters, lr=0.1)"
+    assert "lr=0.005," in repr(opt)
+
+
 def test_bad_arguments(Value):
     with pytest.raises(ValueError, match="empty parameter list"):
         optim.SGD([], lr=0.1)

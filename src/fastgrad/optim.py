@@ -52,6 +52,11 @@ class Optimizer:
         self._group()
         self._params.zero_grad()
 
+    def __repr__(self) -> str:
+        group = self.param_groups[0]
+        settings = "".join(f", {k}={v!r}" for k, v in group.items() if k != 'params')
+        return f"{type(self).__name__}({len(group['params'])} parameters{settings})"
+
 
 class SGD(Optimizer):
     """p.data -= lr * p.grad for every parameter: micrograd's update."""
