@@ -2,7 +2,9 @@
 gradcheck, no_grad and the demo. (The new ops themselves are in test_ops.py.)"""
 import math
 import os
+import re
 import shutil
+import sys
 import threading
 import xml.etree.ElementTree as ET
 
@@ -246,3 +248,17 @@ def test_demo_writes_its_picture(tmp_path):
     pytest.importorskip("matplotlib")
     assert demo.main(["--steps", "100", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "moons.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_runs_without_the_demo_extra(tmp_path, monkeypatch, capsys):
+    # no tqdm: a line per tenth of the run on stdout; no matplotlib: no picture, said so
+    from fastgrad import demo
+    monkeypatch.setitem(sys.modules, "tqdm", None)          # (import then fails)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert demo.main(["--steps", "20", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    lines = [line for line in out.out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == [f"{k}/20" for k in (*range(1, 20, 2), 20)]
+    assert all(re.fullmatch(r"step \d+/20  loss \d\.\d{4}  accuracy \d+%", line) for line in lines)
+    assert "no picture: matplotlib is not installed" in out.err
+    assert not any(tmp_path.iterdir())

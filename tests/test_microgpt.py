@@ -9,6 +9,7 @@ import os
 import pathlib
 import pickle
 import random
+import re
 import sys
 
 import pytest
@@ -343,6 +344,22 @@ def test_the_gpt_example_runs_end_to_end(tmp_path, monkeypatch, capsys):
     png = tmp_path / "gpt-output" / "loss.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "training" in out.err            # tqdm's progress bar
+
+
+def test_the_gpt_example_runs_without_the_demo_extra(tmp_path, monkeypatch, capsys):
+    # no tqdm: a line per tenth of the run on stdout; no matplotlib: no picture, said so
+    from fastgrad import gpt
+    monkeypatch.setitem(sys.modules, "tqdm", None)          # (import then fails)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.chdir(tmp_path)
+    gpt.main(["20"])
+    out = capsys.readouterr()
+    lines = [line for line in out.out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == [f"{k}/20" for k in (*range(1, 20, 2), 20)]
+    assert all(re.fullmatch(r"step \d+/20  loss \d\.\d{4}", line) for line in lines)
+    assert len([line for line in out.out.splitlines() if line.startswith("sample")]) == 20
+    assert "no loss curve: matplotlib is not installed" in out.err
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_gpt_examples_command_line(capsys):

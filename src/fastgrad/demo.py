@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from fastgrad._cli import run
+from fastgrad._cli import progress, run
 from fastgrad.datasets import make_moons
 from fastgrad.engine import Value
 from fastgrad.grad_mode import no_grad
@@ -84,25 +84,6 @@ def train(steps: int = 100, seed: int = 1337,
     return model, curve
 
 
-def progress(steps: int) -> tuple[Callable[[int, float, float], None], Callable[[], None]]:
-    """(on_step, close) drawing a progress bar with loss and accuracy: tqdm's if
-    installed, else one line per tenth of the run."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        def line(k: int, loss: float, acc: float) -> None:
-            if k % max(1, steps // 10) == 0 or k == steps - 1:
-                print(f"step {k + 1}/{steps}  loss {loss:.4f}  accuracy {acc:.0%}", flush=True)
-        return line, lambda: None
-    bar = tqdm(total=steps, desc="training", unit="step")
-
-    def update(k: int, loss: float, acc: float) -> None:
-        # (shown at the bar's next redraw, every 0.1 s, rather than redrawn every step)
-        bar.set_postfix(loss=f"{loss:.4f}", accuracy=f"{acc:.0%}", refresh=False)
-        bar.update(1)
-    return update, bar.close
-
-
 def draw(model: MLP, curve: list[tuple[float, float]], path: str, seed: int = 1337) -> None:
     """The decision boundary over the data (left) and the loss curve (right), as a PNG."""
     import matplotlib
@@ -137,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be at least 1")
-    on_step, close = progress(args.steps)
+    show, close = progress(args.steps)
+
+    def on_step(k: int, loss: float, accuracy: float) -> None:
+        show(k, loss=f"{loss:.4f}", accuracy=f"{accuracy:.0%}")
     t0 = time.perf_counter()
     model, curve = train(args.steps, args.seed, on_step)
     close()

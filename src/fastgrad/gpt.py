@@ -16,18 +16,21 @@ along its loss curve to rounding.
     print(gpt.sample())                # under no_grad: no graph is recorded
 
 Run as a module it trains for 1,000 steps with a progress bar, prints 20 sampled names
-and writes the loss curve to gpt-output/loss.png (matplotlib and tqdm: the demo extra).
+and writes the loss curve to gpt-output/loss.png (tqdm draws the bar and matplotlib the
+picture: the demo extra; without them it prints a line per tenth of the run, and no
+picture).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import random
+import sys
 from typing import Any
 
 from fastgrad import functional as F
 from fastgrad import optim
-from fastgrad._cli import run
+from fastgrad._cli import progress, run
 from fastgrad.datasets import names
 from fastgrad.engine import Value
 from fastgrad.grad_mode import no_grad
@@ -142,24 +145,31 @@ def main(argv: list[str] | None = None) -> None:
     if num_steps < 1:
         parser.error("steps must be at least 1")
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from tqdm import tqdm
-
     gpt = GPT()
     print(f"{len(gpt.docs)} names, vocabulary {gpt.vocab_size}, {len(gpt.params)} parameters")
     losses = []
-    bar = tqdm(range(num_steps), desc="training", unit="step")
-    for step in bar:
+    show, close = progress(num_steps)
+    for step in range(num_steps):
         losses.append(gpt.train_step(step, num_steps))
-        # shown at the bar's next redraw (every 0.1 s): a redraw per step would cost ~10%
-        # of the training time, and write a line per step where stderr is a log
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-    bar.close()
+        show(step, loss=f"{losses[-1]:.4f}")
+    close()
     for i in range(20):
         print(f"sample {i + 1:2d}: {gpt.sample()}")
-    os.makedirs("gpt-output", exist_ok=True)
+    try:
+        draw(losses, "gpt-output/loss.png")
+    except ImportError:
+        print("no loss curve: matplotlib is not installed (pip install fastgrad[demo])",
+              file=sys.stderr)
+        return
+    print("loss curve: gpt-output/loss.png")
+
+
+def draw(losses: list[float], path: str) -> None:
+    """The loss per step and its running mean, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(losses, lw=0.6, alpha=0.5, label="loss per step")
     window = 50
@@ -171,8 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     ax.set_title("microgpt on fastgrad's fused layers")
     ax.legend()
     fig.tight_layout()
-    fig.savefig("gpt-output/loss.png", dpi=120)
-    print("loss curve: gpt-output/loss.png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
