@@ -127,6 +127,8 @@ def test_bad_arguments(Value):
         optim.Adam(make(Value), betas=(1.0, 0.9))
     with pytest.raises(TypeError):
         optim.SGD([Value(1.0), 2.0], lr=0.1)
+    with pytest.raises(TypeError):                  # (refused before any repeat warns)
+        optim.SGD([2.0, 2.0], lr=0.1)
 
 
 @pytest.mark.compiled

@@ -30,13 +30,13 @@ class Optimizer:
         values = list(params)
         if not values:
             raise ValueError("optimizer got an empty parameter list")
+        self._params = engine_of(values)._Params(values)
         repeats = len(values) - len({id(v) for v in values})
         if repeats:
             # (PyTorch warns too; its Adam would then step one state twice)
             warnings.warn(f"optimizer got a Value more than once ({repeats} repeated "
                           "listing(s)): each listing is stepped as a parameter of its own, "
                           "as a Python loop over the list would step it", stacklevel=3)
-        self._params = engine_of(values)._Params(values)
         self._listed = tuple(self._params.values)
         self.param_groups: list[dict[str, Any]] = [dict(params=self._listed, **defaults)]
 
