@@ -34,54 +34,66 @@ def close(a, b, rel=1e-9):
     return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
 
 
-def measure(workload, engine, rounds):
-    """Median seconds of `rounds` timed runs, each on fresh untimed setup; the last
-    round's result for the correctness check."""
-    times = []
-    state = None
-    for _ in range(rounds):
-        state = None
-        gc.collect()
-        state = workload.setup(engine)
-        t0 = time.perf_counter()
-        workload.run(state)
-        times.append(time.perf_counter() - t0)
-    return times, workload.result(state)
+def measure(group, engine, rounds):
+    """Seconds of `rounds` timed runs of each workload of the group, each run on fresh
+    untimed setup, and each workload's answer from its last round (for the correctness
+    check). The workloads take turns round by round, so that the machine's drift over
+    the run falls on them alike: a group is workloads whose ratio is the point. (A run's
+    state is dropped before the next setup: it would change the arena the next one
+    builds on.)"""
+    times = [[] for _ in group]
+    answers = [None] * len(group)
+    for r in range(rounds):
+        for k, workload in enumerate(group):
+            gc.collect()
+            state = workload.setup(engine)
+            t0 = time.perf_counter()
+            workload.run(state)
+            times[k].append(time.perf_counter() - t0)
+            if r == rounds - 1:
+                answers[k] = workload.result(state)
+            state = None
+    return times, answers
 
 
-def run_workload(workload, available, only):
-    results = {}
-    reference_result = None
+def run_group(group, available, only):
+    """{workload name: {engine: entry}} for a group of workloads (usually one) measured
+    together (see measure)."""
+    results = {workload.name: {} for workload in group}
+    reference_answers = [None] * len(group)
+    first = group[0]
     # the reference runs first: every other engine's answer is checked against it
-    order = sorted(workload.engines, key=lambda e: (e != "reference", ENGINE_ORDER.index(e)))
+    order = sorted(first.engines, key=lambda e: (e != "reference", ENGINE_ORDER.index(e)))
     for name in order:
         if only and name not in only:
             continue
         if name not in available:
             continue
         engine = available[name]
-        rounds = workload.rounds.get(name, 3)
-        log(f"  {workload.name:<11} {name:<10} {rounds} rounds ...")
-        entry = {"rounds": rounds}
+        rounds = first.rounds.get(name, 3)
+        names = " and ".join(workload.name for workload in group)
+        log(f"  {names:<11} {name:<10} {rounds} rounds" + (" each, taking turns" if
+                                                             len(group) > 1 else "") + " ...")
         try:
-            times, result = measure(workload, engine, rounds)
+            times, answers = measure(group, engine, rounds)
         except RecursionError:
-            entry["error"] = "RecursionError"
+            for workload in group:
+                results[workload.name][name] = {"rounds": rounds, "error": "RecursionError"}
             log("    RecursionError (as expected of micrograd on deep graphs)")
-            results[name] = entry
             gc.collect()
             continue
-        med = statistics.median(times) / workload.per * workload.scale
-        entry.update(median=med, times=times, unit=workload.unit)
-        if name == "reference":
-            reference_result = result
-        if reference_result is not None:
-            entry["matched"] = len(result) == len(reference_result) and all(
-                close(a, b) for a, b in zip(result, reference_result))
-        log(f"    median {med:,.2f} {workload.unit}"
-            + ("" if entry.get("matched", True) else "   ** RESULT DIFFERS FROM THE REFERENCE **"))
-        results[name] = entry
-        state = None
+        for k, workload in enumerate(group):
+            entry = {"rounds": rounds}
+            med = statistics.median(times[k]) / workload.per * workload.scale
+            entry.update(median=med, times=times[k], unit=workload.unit)
+            if name == "reference":
+                reference_answers[k] = answers[k]
+            if reference_answers[k] is not None:
+                entry["matched"] = len(answers[k]) == len(reference_answers[k]) and all(
+                    close(a, b) for a, b in zip(answers[k], reference_answers[k]))
+            log(f"    {workload.name}: median {med:,.2f} {workload.unit}" +
+                ("" if entry.get("matched", True) else "   ** RESULT DIFFERS FROM THE REFERENCE **"))
+            results[workload.name][name] = entry
         gc.collect()
     return results
 
@@ -364,8 +376,14 @@ def main():
             scaled = scale()
         elif name == "microgpt":
             gpt = gpt_runs.bench("torch" in available)
+        elif name in results:
+            log(f"  (measured above, taking turns with {W.WORKLOADS[name].takes_turns_with})")
         else:
-            results[name] = run_workload(W.WORKLOADS[name](), available, args.engines)
+            # a workload that takes turns with a later one is measured with it
+            group = [W.WORKLOADS[name]()] + [W.WORKLOADS[later]() for later in names[k:]
+                                             if W.WORKLOADS.get(later) and
+                                             W.WORKLOADS[later].takes_turns_with == name]
+            results.update(run_group(group, available, args.engines))
     elapsed = time.perf_counter() - t0
 
     engines = [e for e in ENGINE_ORDER if any(e in r for r in results.values())]

@@ -316,6 +316,8 @@ class Workload:
                          # run() makes ("made"), those reachable from root(state)
                          # ("reachable"); None: per is 1, or set by the workload
     rounds = {"fastgrad": 7, "reference": 3, "micrograd": 3, "torch": 3, "float": 7}
+    takes_turns_with = None     # the workload this one is compared with: measured with
+                                # it, round for round (run.py's measure)
 
     @property
     def engines(self):
@@ -479,8 +481,11 @@ class MlpBackward(MlpStepWithEval):
 
 class MlpEvalBackward(MlpBackward):
     """mlp-backward with an evaluation graph built and dropped between the steps: the
-    same graph, on slots the evaluation graph's death freed (ns per node)."""
+    same graph, on slots the evaluation graph's death freed (ns per node). The two take
+    turns, round for round: a round is one backward of ~0.5 ms, and runs a few seconds
+    apart read 1.0-1.6x on this machine with the same code."""
     name, with_eval = "mlp-eval-backward", True
+    takes_turns_with = "mlp-backward"
 
 
 class MlpReplay(MlpStep):
