@@ -72,8 +72,8 @@ def run_group(group, available, only):
         engine = available[name]
         rounds = first.rounds.get(name, 3)
         names = " and ".join(workload.name for workload in group)
-        log(f"  {names:<11} {name:<10} {rounds} rounds" + (" each, taking turns" if
-                                                             len(group) > 1 else "") + " ...")
+        turns = " each, taking turns" if len(group) > 1 else ""
+        log(f"  {names:<11} {name:<10} {rounds} rounds{turns} ...")
         try:
             times, answers = measure(group, engine, rounds)
         except RecursionError:
