@@ -205,11 +205,3 @@ def test_an_optimizer_pickles_and_copies_with_its_state(Value, name, kw, how):
     train(ps2, opt2, 3)
     assert [p.data for p in ps2] == [p.data for p in ps]
     assert getattr(opt2, "steps", None) == getattr(opt, "steps", None)
-
-
-def test_a_shallow_copy_of_an_optimizer_shares_its_state(Value):
-    # (as for any Python object: copy.copy shares what the optimizer holds)
-    ps = make(Value)
-    opt = optim.Adam(ps, lr=0.05)
-    twin = copy.copy(opt)
-    assert twin._params is opt._params and twin.param_groups[0]['params'] is opt._listed
