@@ -23,12 +23,19 @@ import os
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+
+def env_flag(name):
+    # fastgrad._engine.env_flag's rule (this file runs before fastgrad is built): a flag
+    # is on when set to anything but "" or "0"
+    return os.environ.get(name, "") not in ("", "0")
+
+
 ext_modules = []
 mode = "release"
-if not os.environ.get("FASTGRAD_PUREPYTHON"):
+if not env_flag("FASTGRAD_PUREPYTHON"):
     from Cython.Build import cythonize
 
-    debug = bool(os.environ.get("FASTGRAD_CYTHON_DEBUG"))
+    debug = env_flag("FASTGRAD_CYTHON_DEBUG")
     sanitize = [f"-fsanitize={os.environ['FASTGRAD_SANITIZE']}", "-fno-omit-frame-pointer"] \
         if os.environ.get("FASTGRAD_SANITIZE") else []
     mode = "-".join(m for m in ("debug" * debug, os.environ.get("FASTGRAD_SANITIZE", "")) if m) \

@@ -401,7 +401,7 @@ def main():
           f"Python {info['python']}, {info['date']} ({elapsed:.0f} s)\n")
     if results:
         print(table(results, engines))
-        print(f"\nmedians per unit; 'x faster' is micrograd's median over fastgrad's, and the "
+        print("\nmedians per unit; 'x faster' is micrograd's median over fastgrad's, and the "
               "last two columns fastgrad's over plain floats' and torch's, from this run.")
     if gpt:
         print("\nmicrogpt (one training step on one name, the same seeded model and names on "

@@ -10,14 +10,14 @@ they measure resident memory or limit the address space, which ASan's shadow mem
 quarantine change, or load a library that cannot run under ASan (matplotlib's fonts).
 """
 import importlib
-import os
 
 import pytest
 
 from fastgrad import reference
+from fastgrad._engine import env_flag
 
-PURE = bool(os.environ.get("FASTGRAD_PUREPYTHON"))
-SANITIZED = bool(os.environ.get("FASTGRAD_SANITIZED"))
+PURE = env_flag("FASTGRAD_PUREPYTHON")
+SANITIZED = env_flag("FASTGRAD_SANITIZED")
 
 
 def pytest_addoption(parser):

@@ -1,7 +1,6 @@
 """Issue 7's additions on both engines: softmax and cross-entropy, graph pictures,
 gradcheck, no_grad and the demo. (The new ops themselves are in test_ops.py.)"""
 import math
-import os
 import re
 import shutil
 import sys
@@ -13,6 +12,7 @@ import pytest
 import fastgrad
 from fastgrad import functional as F
 from fastgrad import viz
+from fastgrad._engine import env_flag
 
 
 def finite_difference(f, xs, i, eps=1e-6):
@@ -133,7 +133,7 @@ def need_dot():
     """Skips where Graphviz's dot is missing, unless FASTGRAD_REQUIRE_DOT is set (.ci/run
     installs Graphviz and sets it, so that CI never skips the render tests)."""
     if shutil.which("dot") is None:
-        if os.environ.get("FASTGRAD_REQUIRE_DOT"):
+        if env_flag("FASTGRAD_REQUIRE_DOT"):
             pytest.fail("FASTGRAD_REQUIRE_DOT is set, but Graphviz's dot is not on PATH")
         pytest.skip("Graphviz's dot program is not installed (Debian: apt install graphviz); "
                     ".ci/run installs it")

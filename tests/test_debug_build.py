@@ -42,5 +42,6 @@ def test_trace_prints_every_swept_node_in_the_debug_build():
         assert "op 1 " in lines[0]             # the sweep starts at the root, an ADD
     else:
         assert lines == []
-    plain = run(code)
-    assert plain.stdout == out.stdout and "fastgrad rule" not in plain.stderr
+    for off in ({}, {"FASTGRAD_TRACE": ""}, {"FASTGRAD_TRACE": "0"}):
+        plain = run(code, **off)
+        assert plain.stdout == out.stdout and "fastgrad rule" not in plain.stderr, off

@@ -5,7 +5,6 @@ import copy
 import importlib
 import itertools
 import math
-import os
 import pathlib
 import pickle
 import random
@@ -16,6 +15,7 @@ import pytest
 
 from fastgrad import functional as F
 from fastgrad import no_grad, optim, reference
+from fastgrad._engine import env_flag
 from fastgrad.ops import Op
 from op_examples import EXAMPLES, build_example
 
@@ -24,7 +24,7 @@ from gpt_runs import forward, load_script  # noqa: E402
 
 SCRIPT = load_script()                  # the script with its own engine
 Oracle = SCRIPT.Value
-PURE = bool(os.environ.get("FASTGRAD_PUREPYTHON"))
+PURE = env_flag("FASTGRAD_PUREPYTHON")
 
 
 def core():

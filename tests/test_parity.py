@@ -8,6 +8,7 @@ import pytest
 
 import fastgrad
 from fastgrad import reference
+from fastgrad._engine import env_flag
 
 # what a reference Value class defines (its own and its base's names), less the private
 # storage (slots and the helpers its operators share): the compiled class must have every name
@@ -48,7 +49,7 @@ def test_tests_import_the_installed_package():
 
 def test_compiled_engine_did_not_silently_fall_back():
     # fails when the extension was expected but not built (the fallback only warns)
-    if os.environ.get("FASTGRAD_PUREPYTHON"):
+    if env_flag("FASTGRAD_PUREPYTHON"):
         assert fastgrad.ENGINE == "reference"
         assert fastgrad.Value is reference.Value
     else:
@@ -120,3 +121,20 @@ def test_missing_extension_falls_back_with_a_warning():
     env = {k: v for k, v in os.environ.items() if k != "FASTGRAD_PUREPYTHON"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.compiled
+@pytest.mark.parametrize("setting, chosen", [
+    (None, "compiled"), ("", "compiled"), ("0", "compiled"),
+    ("1", "reference"), ("yes", "reference"), ("2", "reference")])
+def test_pure_python_flag_is_off_when_unset_empty_or_zero(setting, chosen):
+    # FASTGRAD_PUREPYTHON=0 asks for the compiled engine, as PYTHONDONTWRITEBYTECODE=0
+    # leaves bytecode on: read the way CPython reads its own flags
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "FASTGRAD_PUREPYTHON"}
+    if setting is not None:
+        env["FASTGRAD_PUREPYTHON"] = setting
+    code = "import warnings; warnings.simplefilter('error')\nimport fastgrad\nprint(fastgrad.ENGINE)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == chosen, out.stderr

@@ -26,7 +26,7 @@ from libc.math cimport exp, fabs, floor, isfinite, isinf, isnan, log, pow, sqrt,
 from libc.stdint cimport INT32_MAX, int32_t, uint8_t, uint16_t, uint64_t
 from libc.stdio cimport fprintf, stderr
 from libc.stdlib cimport abort, getenv
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, strcmp
 from posix.mman cimport MAP_ANONYMOUS, MAP_FAILED, MAP_PRIVATE, PROT_READ, PROT_WRITE, mmap, munmap
 
 import math as _math

@@ -315,7 +315,10 @@ cdef inline void unknown_op(node_t i) noexcept nogil:
 
 
 # FASTGRAD_TRACE=1 in the environment of a debug build prints every node a sweep applies
-cdef bint tracing = DEBUG and getenv(b"FASTGRAD_TRACE") != NULL
+# (on when set to anything but "" or "0", as fastgrad._engine.env_flag reads flags)
+cdef const char* _trace_flag = getenv(b"FASTGRAD_TRACE")
+cdef bint tracing = DEBUG and _trace_flag != NULL and _trace_flag[0] != 0 and \
+    strcmp(_trace_flag, b"0") != 0
 
 
 cdef inline void trace(const char* what, node_t i) noexcept nogil:

@@ -1,8 +1,8 @@
 """The engine seam: the one module that chooses between the compiled engine and the
 pure-Python reference, once, at import.
 
-The compiled `fastgrad._core` is chosen unless the environment sets FASTGRAD_PUREPYTHON=1
-or the extension was not built; then `fastgrad.reference` (same API, same semantics)
+The compiled `fastgrad._core` is chosen unless the environment sets FASTGRAD_PUREPYTHON
+(to anything but "" or "0": see `env_flag`) or the extension was not built; then `fastgrad.reference` (same API, same semantics)
 stands in, with a warning in the second case. Each engine module provides the same names:
 `Value` (micrograd's API), `GptValue` (microgpt's: fastgrad.microgpt.Value), `_Params`
 (the optimizers' kernel over a list of parameters), the fused helpers of
@@ -20,8 +20,17 @@ from typing import Any
 
 from fastgrad import reference
 
+
+
+def env_flag(name: str) -> bool:
+    """Whether the environment turns on fastgrad's flag `name`: set to anything but "" or
+    "0", the way CPython reads its own PYTHON* flags (so FASTGRAD_PUREPYTHON=0 is off).
+    setup.py and the debug build's FASTGRAD_TRACE read their flags by the same rule."""
+    return os.environ.get(name, "") not in ("", "0")
+
+
 engine: ModuleType
-if os.environ.get("FASTGRAD_PUREPYTHON"):
+if env_flag("FASTGRAD_PUREPYTHON"):
     engine = reference
     ENGINE = "reference"
     REASON = "FASTGRAD_PUREPYTHON is set"
