@@ -321,11 +321,15 @@ def table(results, engines):
 
 
 def chart(results, path):
+    """Bars of each engine's ratio to micrograd per workload, saved to path; False (and
+    nothing drawn) when no workload of the run has a micrograd figure."""
+    names = [w for w in results if "median" in (micrograd_entry(results, w) or {})]
+    if not names:
+        return False
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     engines = ["fastgrad", "reference", "torch", "float"]
-    names = [w for w in results if "median" in (micrograd_entry(results, w) or {})]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.8 / len(engines)
     for k, e in enumerate(engines):
@@ -347,6 +351,7 @@ def chart(results, path):
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    return True
 
 
 def main():
@@ -392,9 +397,14 @@ def main():
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"machine": info, "seconds": elapsed, "results": results, "scale": scaled,
                    "microgpt": gpt}, f, indent=1)
+    chart_path = os.path.join(args.out, "ratios.png")
+    if os.path.exists(chart_path):
+        os.remove(chart_path)           # an earlier run's, which this run's results replace
     try:
-        chart(results, os.path.join(args.out, "ratios.png"))
-        chart_note = f"chart: {os.path.join(args.out, 'ratios.png')}"
+        if chart(results, chart_path):
+            chart_note = f"chart: {chart_path}"
+        else:
+            chart_note = "no chart: no workload of this run has a micrograd figure"
     except ImportError:
         chart_note = "chart skipped: matplotlib is not installed"
     print(f"\nfastgrad benchmark suite: {info['cpu']}, {info['cores']} cores, "
