@@ -117,6 +117,19 @@ def test_tanh_neuron(Value, via_method):
     assert len(records) == 10 and sorted(ops.values()) == ['*', '*', '+', '+', 'tanh']
 
 
+def test_tanh_is_maths_tanh_not_the_lectures_formula(Value):
+    # README, "Differences, on purpose": the method is C's tanh, as math.tanh is, so it
+    # saturates where the lecture's (e**2x - 1) / (e**2x + 1) overflows and keeps its
+    # digits near 0, where that formula cancels (it gives 9.99977878e-13 at 1e-12)
+    (x1, x2, w1, w2), n, o = tanh_neuron(Value, via_method=True)
+    o.backward()
+    t = math.tanh(n.data)
+    assert o.data == t
+    assert (x1.grad, w1.grad) == (w1.data * (1 - t * t), x1.data * (1 - t * t))
+    assert Value(1000.0).tanh().data == 1.0 and Value(-1000.0).tanh().data == -1.0
+    assert Value(1e-12).tanh().data == math.tanh(1e-12) == 1e-12
+
+
 def test_lecture_backward_order_by_hand(Value):
     # the lecture's own topological sort over _prev, calling _backward per node
     (x1, x2, w1, w2), n, o = tanh_neuron(Value, via_method=False)
