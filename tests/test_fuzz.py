@@ -362,10 +362,11 @@ class API(RuleBasedStateMachine):
 
     @precondition(lambda self: self.pairs or self.gpairs)
     @rule(picks=st.lists(st.integers(0, 99), min_size=1, max_size=5), gpt=st.booleans(),
-          steps=st.integers(1, 3), zero=st.booleans(), **OPTIMIZER)
-    def optimize(self, picks, gpt, steps, zero, **kw):
+          steps=st.integers(1, 3), zero=st.booleans(), swap=st.booleans(), **OPTIMIZER)
+    def optimize(self, picks, gpt, steps, zero, swap, **kw):
         # an optimizer over any nodes (graph nodes too, repeats allowed), between any
-        # other calls
+        # other calls; its state dict is the same on both engines, and each engine's
+        # optimizer can take up the other's (swap) and step on
         pairs = self.either(gpt)
         ps = [pairs[j % len(pairs)] for j in picks]
         opt, ropt = self.optimizers(ps, **kw)
@@ -373,6 +374,15 @@ class API(RuleBasedStateMachine):
         for _ in range(steps):
             opt.step()
             ropt.step()
+        # (compared by repr, which tells -0.0 from 0.0 and takes nan as nan)
+        state = opt.state_dict()
+        assert repr(state) == repr(ropt.state_dict())
+        if swap:
+            opt.load_state_dict(ropt.state_dict())
+            ropt.load_state_dict(state)
+            opt.step()
+            ropt.step()
+            assert repr(opt.state_dict()) == repr(ropt.state_dict())
         if zero:
             opt.zero_grad()
             ropt.zero_grad()

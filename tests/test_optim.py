@@ -66,6 +66,14 @@ def test_adam_against_torch(Value):
         opt.step()
         topt.step()
     assert [p.data for p in ps] == pytest.approx([t.item() for t in ts], rel=1e-10)
+    # the state dict has PyTorch's layout and, to rounding, its moments
+    ours, theirs = opt.state_dict(), topt.state_dict()
+    assert set(ours['state']) == set(theirs['state']) == set(range(len(ps)))
+    assert ours['param_groups'][0]['params'] == theirs['param_groups'][0]['params']
+    for k, state in ours['state'].items():
+        assert state['step'] == theirs['state'][k]['step'].item() == 10
+        for key in ('exp_avg', 'exp_avg_sq'):
+            assert state[key] == pytest.approx(theirs['state'][k][key].item(), rel=1e-10)
 
 
 def test_learning_rate_schedule_hook(Value):
@@ -205,3 +213,125 @@ def test_an_optimizer_pickles_and_copies_with_its_state(Value, name, kw, how):
     train(ps2, opt2, 3)
     assert [p.data for p in ps2] == [p.data for p in ps]
     assert getattr(opt2, "steps", None) == getattr(opt, "steps", None)
+
+
+def train(Value, ps, opt, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        quadratic(Value, ps).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("name, kw, other", [
+    ("SGD", dict(lr=0.1), dict(lr=0.7)),
+    ("Adam", dict(lr=0.05, betas=(0.8, 0.95), weight_decay=0.01), dict(lr=0.3))])
+@pytest.mark.parametrize("into", ["same engine", "reference"])
+def test_a_state_dict_resumes_training_bit_for_bit(Value, name, kw, other, into):
+    # PyTorch's checkpoint: the parameters' values and opt.state_dict(), loaded into a new
+    # optimizer (made with other hyperparameters) over new Values, resume the run; the
+    # dict is plain numbers, so the reference engine can take up the compiled one's run
+    ps = make(Value)
+    opt = getattr(optim, name)(ps, **kw)
+    train(Value, ps, opt, 3)
+    state, values = opt.state_dict(), [p.data for p in ps]
+    train(Value, ps, opt, 3)
+    V = Value if into == "same engine" else reference.Value
+    ps2 = [V(x) for x in values]
+    opt2 = getattr(optim, name)(ps2, **other)
+    opt2.load_state_dict(state)
+    assert opt2.param_groups[0] == dict(opt.param_groups[0], params=tuple(ps2))
+    train(V, ps2, opt2, 3)
+    assert [p.data for p in ps2] == [p.data for p in ps]
+    assert opt2.state_dict() == opt.state_dict()
+
+
+def test_an_adam_state_dict_is_pytorchs_layout_and_a_copy(Value):
+    ps = make(Value)
+    opt = optim.Adam(ps, lr=0.05)
+    fresh = opt.state_dict()
+    assert fresh == {'state': {}, 'param_groups': [
+        {'params': [0, 1, 2, 3, 4], 'lr': 0.05, 'betas': (0.9, 0.999), 'eps': 1e-8,
+         'weight_decay': 0.0}]}
+    train(Value, ps, opt, 2)
+    state = opt.state_dict()
+    assert set(state['state']) == {0, 1, 2, 3, 4}
+    assert all(set(s) == {'step', 'exp_avg', 'exp_avg_sq'} and s['step'] == 2
+               for s in state['state'].values())
+    assert all(s['exp_avg'] != 0.0 and s['exp_avg_sq'] > 0.0 for s in state['state'].values())
+    before = copy.deepcopy(state)
+    state['param_groups'][0]['lr'] = 9.0          # the dict is the caller's to edit
+    state['state'][0]['exp_avg'] = 9.0
+    assert opt.state_dict() == before and opt.param_groups[0]['lr'] == 0.05
+    assert optim.SGD(ps, lr=0.1).state_dict()['state'] == {}
+    # a fresh optimizer's dict puts a trained one back to its start
+    opt.load_state_dict(fresh)
+    twin = optim.Adam(make(Value), lr=0.05)
+    for p, q in zip(ps, twin.param_groups[0]['params']):
+        q.data = p.data
+    train(Value, ps, opt, 2)
+    train(Value, twin.param_groups[0]['params'], twin, 2)
+    assert [p.data for p in ps] == [q.data for q in twin.param_groups[0]['params']]
+
+
+def test_a_diverged_runs_state_dict_loads_back(Value):
+    # nan and inf moments are a run's state like any other: refused only where they
+    # cannot arise (a negative second moment)
+    ps = make(Value)
+    ps[1].data = math.inf
+    opt = optim.Adam(ps, lr=0.05, weight_decay=0.1)
+    train(Value, ps, opt, 2)
+    state = opt.state_dict()
+    assert math.isnan(state['state'][1]['exp_avg'])
+    twin = optim.Adam(make(Value), lr=0.05, weight_decay=0.1)
+    twin.load_state_dict(state)
+    assert repr(twin.state_dict()) == repr(state)
+
+
+def bad_state_dicts(good, sgd):
+    """(what is wrong, a state dict) for an Adam over five parameters whose dict is good."""
+    def edited(edit):
+        sd = copy.deepcopy(good)
+        edit(sd)
+        return sd
+    group = lambda sd: sd['param_groups'][0]
+    return [
+        ("not a mapping", [good['state'], good['param_groups']]),
+        ("no 'state'", {'param_groups': good['param_groups']}),
+        ("an extra key", dict(good, extra=1)),
+        ("two groups", edited(lambda sd: sd['param_groups'].append(dict(group(sd))))),
+        ("four parameters", edited(lambda sd: group(sd).update(params=[0, 1, 2, 3]))),
+        ("indices out of order", edited(lambda sd: group(sd).update(params=[1, 0, 2, 3, 4]))),
+        ("SGD's dict", sgd),
+        ("a hyperparameter missing", edited(lambda sd: group(sd).pop('eps'))),
+        ("a negative lr", edited(lambda sd: group(sd).update(lr=-1.0))),
+        ("a beta of 1", edited(lambda sd: group(sd).update(betas=(0.9, 1.0)))),
+        ("lr as text", edited(lambda sd: group(sd).update(lr="0.1"))),
+        ("a state missing", edited(lambda sd: sd['state'].pop(4))),
+        ("a state key missing", edited(lambda sd: sd['state'][2].pop('exp_avg'))),
+        ("steps that differ", edited(lambda sd: sd['state'][3].update(step=2))),
+        ("step 0", edited(lambda sd: [s.update(step=0) for s in sd['state'].values()])),
+        ("a fractional step", edited(lambda sd: [s.update(step=2.5) for s in sd['state'].values()])),
+        ("a negative second moment", edited(lambda sd: sd['state'][1].update(exp_avg_sq=-1.0))),
+        ("a moment as text", edited(lambda sd: sd['state'][4].update(exp_avg="x"))),
+        ("'state' as a list", edited(lambda sd: sd.update(state=list(sd['state'].values())))),
+    ]
+
+
+def test_load_state_dict_refuses_bad_input_and_changes_nothing(Value):
+    ps = make(Value)
+    opt = optim.Adam(ps, lr=0.05)
+    train(Value, ps, opt, 3)
+    good = opt.state_dict()
+    other = optim.Adam(make(Value), lr=0.2)          # the one loaded into, trained apart
+    train(Value, other.param_groups[0]['params'], other, 2)
+    before = other.state_dict()
+    sgd = optim.SGD(make(Value), lr=0.1).state_dict()
+    for what, sd in bad_state_dicts(good, sgd):
+        with pytest.raises((ValueError, TypeError)):
+            other.load_state_dict(sd)
+        assert other.state_dict() == before, what
+    with pytest.raises(ValueError):
+        optim.SGD(ps, lr=0.1).load_state_dict(good)  # Adam's moments into SGD
+    other.load_state_dict(good)                      # and the good one loads
+    assert other.state_dict() == good
+

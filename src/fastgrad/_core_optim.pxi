@@ -79,19 +79,30 @@ cdef class _Params:
                      weight_decay)
         tape.epoch += 1
 
+    def moments(self):
+        """Adam's moments, (first, second), a list of floats each, one per parameter."""
+        return [self.m[k] for k in range(self.n)], [self.v[k] for k in range(self.n)]
+
+    def set_moments(self, m, v):
+        """Sets Adam's moments from two sequences of numbers, one per parameter; a
+        ValueError or TypeError leaves them as they were."""
+        m, v = [float(x) for x in m], [float(x) for x in v]
+        if len(m) != self.n or len(v) != self.n:
+            raise ValueError(f"moments for {len(m)} and {len(v)} parameters, not {self.n}")
+        cdef Py_ssize_t k
+        for k in range(self.n):
+            self.m[k], self.v[k] = m[k], v[k]
+
     def __reduce__(self):
         # pickling and copying: the same Values (a pickler's memo keeps them the ones the
         # model holds), each with its Adam moments
-        return (_restore_params, (self.values, [self.m[k] for k in range(self.n)],
-                                  [self.v[k] for k in range(self.n)]))
+        return (_restore_params, (self.values,) + self.moments())
 
 
 def _restore_params(values, m, v):
     """Unpickles a _Params: its Values and each one's moments."""
-    cdef _Params p = _Params(values)
-    cdef Py_ssize_t k
-    for k in range(p.n):
-        p.m[k], p.v[k] = m[k], v[k]
+    p = _Params(values)
+    p.set_moments(m, v)
     return p
 
 

@@ -964,6 +964,19 @@ class _Params:
         for p in self.values:
             p.data -= lr * p.grad     # micrograd's update
 
+    def moments(self):
+        """Adam's moments, (first, second), a list of floats each, one per parameter."""
+        return list(self.m), list(self.v)
+
+    def set_moments(self, m, v):
+        """Sets Adam's moments from two sequences of numbers, one per parameter; a
+        ValueError or TypeError leaves them as they were."""
+        m, v = [float(x) for x in m], [float(x) for x in v]
+        if len(m) != len(self.values) or len(v) != len(self.values):
+            raise ValueError(f"moments for {len(m)} and {len(v)} parameters, "
+                             f"not {len(self.values)}")
+        self.m, self.v = m, v
+
     def adam(self, lr, beta1, beta2, eps, weight_decay, step):
         step_size = lr / (1.0 - beta1 ** step)
         correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
