@@ -2,10 +2,11 @@
 pure-Python reference, once, at import.
 
 The compiled `fastgrad._core` is chosen unless the environment sets FASTGRAD_PUREPYTHON
-(to anything but "" or "0": see `env_flag`) or the extension was not built; then `fastgrad.reference` (same API, same semantics)
-stands in, with a warning in the second case. Each engine module provides the same names:
-`Value` (micrograd's API), `GptValue` (microgpt's: fastgrad.microgpt.Value), `_Params`
-(the optimizers' kernel over a list of parameters), the fused helpers of
+(to anything but "" or "0": see `env_flag`) or the extension was not built; then
+`fastgrad.reference` (same API, same semantics) stands in, with a warning in the second
+case. Each engine module provides the same names: `Value` (micrograd's API), `GptValue`
+(microgpt's: fastgrad.microgpt.Value), `_Params` (the optimizers' kernel over a list of
+parameters), the fused helpers of
 fastgrad.functional (`_linear`, `_rmsnorm`, `_softmax`, `_cross_entropy`, and `Matrix`,
 weights packed for `_linear`), and the no_grad hooks `_enter_no_grad`, `_exit_no_grad`,
 `_is_grad_enabled`. Everything else in fastgrad (nn, optim, grad_mode, functional,
@@ -19,7 +20,6 @@ from types import ModuleType
 from typing import Any
 
 from fastgrad import reference
-
 
 
 def env_flag(name: str) -> bool:
