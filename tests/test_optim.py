@@ -334,4 +334,3 @@ def test_load_state_dict_refuses_bad_input_and_changes_nothing(Value):
         optim.SGD(ps, lr=0.1).load_state_dict(good)  # Adam's moments into SGD
     other.load_state_dict(good)                      # and the good one loads
     assert other.state_dict() == good
-
