@@ -185,3 +185,6 @@ def test_numpy_and_bool_operands_as_in_micrograd(Value):
         theirs.backward()
         assert [c.grad for c in sorted(ours._prev, key=lambda c: c.data)] == \
             [c.grad for c in sorted(theirs._prev, key=lambda c: c.data)]
+        # (micrograd keeps numpy's types; ours are floats, on either engine)
+        assert {type(v.data) for v in (ours, *ours._prev)} == {float}
+        assert {type(v.grad) for v in (ours, *ours._prev)} == {float}

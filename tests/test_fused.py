@@ -7,6 +7,7 @@ import math
 import random
 import struct
 
+import numpy as np
 import pytest
 
 from fastgrad import functional as F
@@ -558,6 +559,20 @@ def other(V):
     return module.GptValue if V is module.Value else module.Value
 
 
+def test_numpy_integers_index_and_count_as_ints(V):
+    # a class index or a head count taken from numpy (labels in an array) is an int, as
+    # it is to list indexing (probs[np.int64(1)]): the same node as with the int
+    x = [V(0.5), V(-1.0), V(2.0), V(0.25)]
+    for target in (np.int64(1), np.int32(-3), np.uint8(1)):
+        same_values_and_grads(lambda: [F.cross_entropy(x, target)],
+                              lambda: [F.cross_entropy(x, 1)], x, V)
+    keys = [[V(0.1 * k + j) for j in range(4)] for k in range(3)]
+    values = [[V(0.2 * k - j) for j in range(4)] for k in range(3)]
+    same_values_and_grads(lambda: F.attention(x, keys, values, np.int64(2)),
+                          lambda: F.attention(x, keys, values, 2),
+                          x + sum(keys, []) + sum(values, []), V)
+
+
 @pytest.mark.parametrize("call, error", [
     (lambda V, x, w: F.linear(x, [w[0], w[1][:2]]), ValueError),      # ragged rows
     (lambda V, x, w: F.linear(x[:2], w), ValueError),                  # len(x) != len(row)
@@ -584,6 +599,9 @@ def other(V):
     (lambda V, x, w: F.softmax([x[0], 2.0]), TypeError),
     (lambda V, x, w: F.cross_entropy(x, 3), IndexError),
     (lambda V, x, w: F.cross_entropy(x, 1.0), TypeError),
+    (lambda V, x, w: F.cross_entropy(x, np.float64(1.0)), TypeError),
+    (lambda V, x, w: F.cross_entropy(x, np.True_), TypeError),
+    (lambda V, x, w: F.cross_entropy(x, np.int64(-4)), IndexError),
     (lambda V, x, w: F.add(x, w[0][:2]), ValueError),
     (lambda V, x, w: F.mul(x, x + [1.0]), ValueError),
     (lambda V, x, w: F.add(x[:2] + [1.0], w[0]), TypeError),          # a number in x
@@ -594,6 +612,8 @@ def other(V):
     (lambda V, x, w: F.add(x, [1 << 1100] * 3), OverflowError),       # as the operator
     (lambda V, x, w: F.attention(x[:2], [x[1:]], [w[0][1:]], 2.0), TypeError),   # n_head
     (lambda V, x, w: F.attention(x[:2], [x[1:]], [w[0][1:]], True), TypeError),
+    (lambda V, x, w: F.attention(x[:2], [x[1:]], [w[0][1:]], np.float64(2.0)), TypeError),
+    (lambda V, x, w: F.attention(x[:2], [x[1:]], [w[0][1:]], np.int64(0)), ValueError),
     (lambda V, x, w: F.attention(x[:2], [x[1:]], [w[0][1:]], 0), ValueError),
     (lambda V, x, w: F.attention(x, w, w, 2), ValueError),             # 3 into 2 heads
     (lambda V, x, w: F.attention([], [], [], 1), ValueError),
@@ -609,9 +629,9 @@ def other(V):
         "relu-mismatch", "bias-count", "matrix-bias-count", "bias-numbers", "matrix-bias-str",
         "bias-other-class", "bias-int", "rms-empty",
         "rms-number", "rms-eps", "rms-zero", "softmax-empty", "softmax-number", "ce-range",
-        "ce-float", "add-mismatch", "mul-mismatch", "add-number-x", "mul-str-y", "add-str",
+        "ce-float", "ce-numpy-float", "ce-numpy-bool", "ce-numpy-range", "add-mismatch", "mul-mismatch", "add-number-x", "mul-str-y", "add-str",
         "mul-other-class", "relu-str", "add-huge-int", "attn-float-heads", "attn-bool-heads",
-        "attn-no-heads", "attn-split", "attn-empty-q", "attn-no-keys", "attn-count",
+        "attn-numpy-float-heads", "attn-numpy-no-heads", "attn-no-heads", "attn-split", "attn-empty-q", "attn-no-keys", "attn-count",
         "attn-short-key", "attn-short-value", "attn-str-value", "attn-other-class",
         "attn-number-q"])
 def test_bad_input_changes_nothing(V, call, error):

@@ -1095,7 +1095,7 @@ def _fast_relu(x):
 
 
 def _fast_attention(q, keys, values, n_head):
-    if starts_with_value(q):
+    if type(n_head) is int and starts_with_value(q):
         return attention_layer(q, keys, values, n_head)
     return _generic_attention(q, keys, values, n_head)
 

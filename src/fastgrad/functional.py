@@ -120,8 +120,7 @@ def softmax(logits: Sequence[Value]) -> list[Value]:
 def cross_entropy(logits: Sequence[Value], target: int) -> Value:
     """-log(softmax(logits)[target]) = log(sum_j exp(x_j - m)) - (x_target - m), one node
     over the logits."""
-    if isinstance(target, bool) or not isinstance(target, int):
-        raise TypeError(f"target must be an int class index, not {type(target).__name__!r}")
+    target = _integer(target, "target must be an int class index")
     if not -len(logits) <= target < len(logits):
         raise IndexError(f"target {target} out of range for {len(logits)} logits")
     try:
@@ -142,6 +141,7 @@ def attention(q: Sequence[Value], keys: Sequence[Sequence[Value]],
     scaling is in the logits' nodes (no leaf of 1 / hd ** 0.5 and no '*' node per
     logit), so the values and, on a fresh graph, the grads are theirs bit for bit; in
     one call, making handles for the outputs only."""
+    n_head = _integer(n_head, "attention: n_head must be an int")
     try:
         module = _ENGINE_OF[type(q[0])]
     except (LookupError, TypeError):
@@ -167,6 +167,17 @@ def relu(x: Sequence[Value]) -> list[Value]:
     """[a.relu() for a in x]: a ReLU node per element; x holds Values of one class."""
     xs = _values_of_one_class("relu", x)
     return [a.relu() for a in xs]
+
+
+def _integer(x: Any, what: str) -> int:
+    """x as an int where an index or a count is meant: an int, or what list indexing
+    also takes (an object with __index__, such as numpy's integers); never a bool."""
+    if not isinstance(x, bool):
+        try:
+            return operator.index(x)
+        except TypeError:
+            pass
+    raise TypeError(f"{what}, not {type(x).__name__!r}")
 
 
 def _values_of_one_class(name: str, x: Iterable[Any]) -> list[Any]:

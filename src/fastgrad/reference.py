@@ -476,7 +476,11 @@ class _Handle:
         if not isinstance(other, (int, float)):
             raise TypeError(f"unsupported exponent type {type(other).__name__!r}: "
                             "int, float or Value")
-        # k kept as given, so that `_op` shows '**2', '**2.0' or '**True'
+        # k kept as given, so that `_op` shows '**2', '**2.0' or '**True'; a subclass
+        # (numpy's float64) as its plain value, as the compiled engine keeps it, so that
+        # the grads it makes are floats
+        if type(other) is not int and type(other) is not float and type(other) is not bool:
+            other = float(other) if isinstance(other, float) else int(other)
         return self._op_node(Op.POW, (self,), other)
 
     def __rpow__(self, other, mod=None):
