@@ -354,12 +354,18 @@ def chart(results, path):
     return True
 
 
+ALL_WORKLOADS = list(W.WORKLOADS) + ["memory", "memory-handles", "microgpt", "scale"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="bench-results")
-    p.add_argument("--workloads", nargs="*", default=None,
-                   help=f"subset of {list(W.WORKLOADS) + ['memory', 'memory-handles', 'microgpt', 'scale']}")
-    p.add_argument("--engines", nargs="*", default=None)
+    p.add_argument("--workloads", nargs="*", default=None, choices=ALL_WORKLOADS,
+                   metavar="WORKLOAD", help=f"a subset of {', '.join(ALL_WORKLOADS)}")
+    p.add_argument("--engines", nargs="*", default=None, choices=ENGINE_ORDER,
+                   metavar="ENGINE",
+                   help=f"a subset of {', '.join(ENGINE_ORDER)}, for every workload but "
+                        "microgpt and scale, which have engines of their own")
     args = p.parse_args()
 
     available = W.engines()
@@ -367,8 +373,9 @@ def main():
     log(f"engines: {', '.join(available)}")
     if "micrograd" not in available:
         log("  (upstream micrograd is not installed: pip install micrograd==0.1.0)")
-    names = args.workloads or list(W.WORKLOADS) + ["memory", "memory-handles", "microgpt",
-                                                   "scale"]
+    for name in sorted(set(args.engines or ()) - set(available), key=ENGINE_ORDER.index):
+        log(f"  ({name} was asked for but is not installed: its column stays empty)")
+    names = args.workloads or ALL_WORKLOADS
     results, scaled, gpt = {}, {}, {}
     t0 = time.perf_counter()
     for k, name in enumerate(names, 1):
