@@ -1,5 +1,7 @@
 """Issue 7's additions on both engines: softmax and cross-entropy, graph pictures,
 gradcheck, no_grad and the demo. (The new ops themselves are in test_ops.py.)"""
+import contextlib
+import inspect
 import math
 import re
 import shutil
@@ -216,6 +218,46 @@ def test_no_grad(Value):
     def evaluate(x):
         return x * 3.0
     assert evaluate(a)._prev == set()
+
+
+def test_no_grad_decorates_a_generator_function(Value):
+    # as torch.no_grad: the generator's steps run in the block, the consumer's code not
+    a = Value(2.0)
+    inside = []
+
+    @fastgrad.no_grad()
+    def stream(n):
+        for k in range(n):
+            inside.append(fastgrad.is_grad_enabled())
+            try:
+                sent = yield a * float(k)
+            except KeyError:
+                sent = -1.0
+            if sent is not None:
+                yield a * sent
+        return "done"
+
+    assert inspect.isgeneratorfunction(stream) and stream.__name__ == "stream"
+    g = stream(3)
+    x = next(g)
+    assert x._prev == set() and x.data == 0.0
+    assert fastgrad.is_grad_enabled() and (a * 2.0)._prev != set()   # between the items
+    y = g.send(5.0)                                 # a send runs in the block too
+    assert y._prev == set() and y.data == 10.0
+    assert next(g).data == 2.0
+    z = g.throw(KeyError("caught by the generator"))   # and a throw
+    assert z._prev == set() and z.data == -2.0
+    assert next(g).data == 4.0
+    with pytest.raises(StopIteration) as end:
+        next(g)
+    assert end.value.value == "done"                 # the generator's return value
+    assert inside == [False, False, False]
+    for leave in (lambda g: g.close(), lambda g: g.throw(ValueError("not caught"))):
+        g = stream(2)
+        next(g)
+        with contextlib.suppress(ValueError):
+            leave(g)
+        assert fastgrad.is_grad_enabled()            # every block was left
 
 
 def test_no_grad_is_per_thread(Value):
