@@ -4,17 +4,12 @@ The engine is chosen once, in fastgrad._engine: the compiled `fastgrad._core` un
 environment sets FASTGRAD_PUREPYTHON=1 or the extension was not built, in which case the
 pure-Python `fastgrad.reference` engine (same API, same semantics) stands in.
 """
-from importlib import metadata
 from typing import TYPE_CHECKING
-
-try:                    # the one place the version is written is pyproject.toml
-    __version__ = metadata.version("fastgrad")
-except metadata.PackageNotFoundError:       # a source tree on sys.path, never installed
-    __version__ = "0+unknown"
 
 if TYPE_CHECKING:               # type checkers see the compiled API (fastgrad/_core.pyi)
     from fastgrad._core import Value
     ENGINE: str
+    __version__: str
 else:
     from fastgrad._engine import ENGINE, Value
 
@@ -22,3 +17,18 @@ from fastgrad.grad_mode import is_grad_enabled, no_grad  # noqa: E402
 from fastgrad.checks import GradcheckError, gradcheck  # noqa: E402
 
 __all__ = ["Value", "ENGINE", "no_grad", "is_grad_enabled", "gradcheck", "GradcheckError"]
+
+
+def __getattr__(name: str) -> str:
+    # __version__, read on first use: importlib.metadata (email, zipfile, ...) would be
+    # most of fastgrad's import time. The one place the version is written is
+    # pyproject.toml.
+    if name != "__version__":
+        raise AttributeError(f"module 'fastgrad' has no attribute {name!r}")
+    from importlib import metadata
+    try:
+        version = metadata.version("fastgrad")
+    except metadata.PackageNotFoundError:   # a source tree on sys.path, never installed
+        version = "0+unknown"
+    globals()["__version__"] = version
+    return version
