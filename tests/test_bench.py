@@ -23,6 +23,7 @@ def bench(*args):
                           timeout=600)
 
 
+@pytest.mark.unsanitized               # (matplotlib cannot run under AddressSanitizer)
 def test_a_run_reports_every_engine_and_checks_their_answers(tmp_path):
     out = bench("--out", str(tmp_path), "--workloads", "ops", "softmax-ce",
                 "--engines", *ENGINES)
