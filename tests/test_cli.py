@@ -42,6 +42,7 @@ def test_the_version_is_read_only_when_asked_for():
     assert asked == f"{metadata.version('fastgrad')} True"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         fastgrad.nope
+    assert "__version__" in dir(fastgrad) and "Value" in dir(fastgrad)
 
 
 def test_python_m_fastgrad_reports_the_install_and_checks_a_gradient():

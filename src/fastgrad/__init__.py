@@ -32,3 +32,7 @@ def __getattr__(name: str) -> str:
         version = "0+unknown"
     globals()["__version__"] = version
     return version
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"__version__"})
