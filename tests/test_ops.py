@@ -64,6 +64,17 @@ def test_op_pow(Value, k):
     assert out._op == f'**{k}'
 
 
+@pytest.mark.parametrize("k", [2**53 + 1, -(10**17) - 3, 2**70, True, False, 2.0, 1e-300])
+def test_pow_op_string_is_micrographs(Value, k):
+    # micrograd writes f'**{k}' from the exponent as given; an int beyond 2**53 keeps
+    # every digit though the compiled engine computes with its nearest double
+    import micrograd.engine
+    theirs = micrograd.engine.Value(1.0) ** k
+    ours = Value(1.0) ** k
+    assert ours._op == theirs._op
+    assert ours.data == theirs.data
+
+
 @pytest.mark.parametrize("x, value, grad", [(2.5, 2.5, 1.0), (-2.5, 0.0, 0.0), (0.0, 0.0, 0.0)])
 def test_op_relu(Value, x, value, grad):
     a = Value(x)
