@@ -629,10 +629,11 @@ def test_numpy_integers_index_and_count_as_ints(V):
         "relu-mismatch", "bias-count", "matrix-bias-count", "bias-numbers", "matrix-bias-str",
         "bias-other-class", "bias-int", "rms-empty",
         "rms-number", "rms-eps", "rms-zero", "softmax-empty", "softmax-number", "ce-range",
-        "ce-float", "ce-numpy-float", "ce-numpy-bool", "ce-numpy-range", "add-mismatch", "mul-mismatch", "add-number-x", "mul-str-y", "add-str",
-        "mul-other-class", "relu-str", "add-huge-int", "attn-float-heads", "attn-bool-heads",
-        "attn-numpy-float-heads", "attn-numpy-no-heads", "attn-no-heads", "attn-split", "attn-empty-q", "attn-no-keys", "attn-count",
-        "attn-short-key", "attn-short-value", "attn-str-value", "attn-other-class",
+        "ce-float", "ce-numpy-float", "ce-numpy-bool", "ce-numpy-range", "add-mismatch",
+        "mul-mismatch", "add-number-x", "mul-str-y", "add-str", "mul-other-class", "relu-str",
+        "add-huge-int", "attn-float-heads", "attn-bool-heads", "attn-numpy-float-heads",
+        "attn-numpy-no-heads", "attn-no-heads", "attn-split", "attn-empty-q", "attn-no-keys",
+        "attn-count", "attn-short-key", "attn-short-value", "attn-str-value", "attn-other-class",
         "attn-number-q"])
 def test_bad_input_changes_nothing(V, call, error):
     x = [V(0.5), V(-1.0), V(2.0)]
