@@ -32,6 +32,7 @@ that may have rounded to 0. At |x| = 1000 both give finite values and gradients.
 """
 from __future__ import annotations
 
+import numbers
 import operator
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
@@ -170,13 +171,11 @@ def relu(x: Sequence[Value]) -> list[Value]:
 
 
 def _integer(x: Any, what: str) -> int:
-    """x as an int where an index or a count is meant: an int, or what list indexing
-    also takes (an object with __index__, such as numpy's integers); never a bool."""
-    if not isinstance(x, bool):
-        try:
-            return operator.index(x)
-        except TypeError:
-            pass
+    """x as an int where an index or a count is meant: an int or another Integral (numpy's
+    integers, as list indexing takes them); never a bool, Python's or numpy's (which
+    older numpy still lets __index__ read as 0 or 1)."""
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        return operator.index(x)
     raise TypeError(f"{what}, not {type(x).__name__!r}")
 
 
