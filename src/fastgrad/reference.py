@@ -914,9 +914,7 @@ def _attention(q, keys, values, n_head):
     # microgpt's attention of one position, head by head, as the compiled engine's
     # attention_layer: the layers it stands for, with the same checks first
     qs = list(q)
-    if isinstance(n_head, bool) or not isinstance(n_head, int):
-        raise TypeError(f"attention: n_head must be an int, not {type(n_head).__name__!r}")
-    if n_head < 1:
+    if n_head < 1:                      # (an int: functional.attention checks its type)
         raise ValueError(f"attention: n_head must be at least 1, not {n_head}")
     if not qs:
         raise ValueError("attention: q is empty")
