@@ -93,7 +93,8 @@ cdef class _Handle:
                 tape.flags[out.slot] |= POW_BOOL
             elif PyLong_Check(other):
                 tape.flags[out.slot] |= POW_INT
-                if k != other:          # (an int beyond 2**53: `_op` keeps its digits)
+                if fabs(k) >= 9007199254740992.0 and k != other:
+                    # (an int beyond 2**53, which the double rounds: `_op` keeps its digits)
                     _opstrs[out.slot] = _pow_symbol(int(other))
                     tape.flags[out.slot] |= HAS_OPSTR
         return out
