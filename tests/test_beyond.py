@@ -277,6 +277,133 @@ def test_no_grad_is_per_thread(Value):
     assert recorded == [2]
 
 
+def grad_mode_scenario(api, make):
+    """Where the grad mode stands at each point of a script of nested blocks, bare calls
+    and decorators; api is fastgrad or torch, make(records) an op's result."""
+    seen = []
+
+    def note():
+        seen.append((api.is_grad_enabled(), make()))
+
+    @api.enable_grad()
+    def recording():
+        note()
+
+    @api.set_grad_enabled(False)
+    def not_recording():
+        note()
+
+    note()
+    with api.no_grad():
+        note()
+        with api.enable_grad():
+            note()
+            with api.no_grad():
+                note()
+            note()
+        recording()
+        note()
+        with api.set_grad_enabled(True):
+            note()
+        note()
+        api.set_grad_enabled(True)          # a bare call inside a block: until the block ends
+        note()
+    note()                                  # the block puts back the mode it found
+    not_recording()
+    note()
+    api.set_grad_enabled(False)
+    note()
+    with api.enable_grad():
+        note()
+    recording()
+    note()
+    api.set_grad_enabled(True)
+    note()
+    return seen
+
+
+def test_enable_grad_and_set_grad_enabled(Value):
+    a = Value(2.0)
+    seen = grad_mode_scenario(fastgrad, lambda: a in (a * 3.0)._prev)
+    assert [mode for mode, _ in seen] == [True, False, True, False, True, True, False, True,
+                                          False, True, True, False, True, False, True, True,
+                                          False, True]
+    assert all(mode == records for mode, records in seen)   # ops follow the mode
+    assert fastgrad.is_grad_enabled()
+    b = a * 3.0
+    b.backward()
+    assert a.grad == 3.0
+
+
+def test_grad_mode_as_torch_has_it(Value):
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(2.0, requires_grad=True)
+    a = Value(2.0)
+    ours = grad_mode_scenario(fastgrad, lambda: a in (a * 3.0)._prev)
+    theirs = grad_mode_scenario(torch, lambda: (t * 3.0).requires_grad)
+    assert ours == theirs
+
+
+def test_enable_grad_decorates_a_generator_function(Value):
+    a = Value(2.0)
+
+    @fastgrad.enable_grad()
+    def stream(n):
+        for k in range(n):
+            yield a * float(k)
+
+    with fastgrad.no_grad():
+        g = stream(2)
+        assert a in next(g)._prev            # the step records
+        assert (a * 2.0)._prev == set()        # the caller's block holds between items
+        assert a in next(g)._prev
+    assert fastgrad.is_grad_enabled()
+
+
+def test_set_grad_enabled_refuses_what_is_not_a_bool(Value):
+    for mode in (0, 1, None, "False", 1.0):
+        with pytest.raises(TypeError, match="set_grad_enabled takes True or False"):
+            fastgrad.set_grad_enabled(mode)
+        assert fastgrad.is_grad_enabled()
+
+
+def test_grad_mode_blocks_can_be_entered_again(Value):
+    # one instance, nested and from two threads at once: each entry puts back its own mode
+    a = Value(2.0)
+    block, other_entered, main_left = fastgrad.no_grad(), threading.Event(), threading.Event()
+    seen = []
+
+    def other():
+        with block:
+            other_entered.set()
+            main_left.wait(5)
+            seen.append(a in (a * 3.0)._prev)
+        seen.append(a in (a * 3.0)._prev)
+
+    t = threading.Thread(target=other)
+    with block:
+        with block:
+            pass
+        assert not fastgrad.is_grad_enabled()
+        t.start()
+        other_entered.wait(5)
+    assert fastgrad.is_grad_enabled() and a in (a * 3.0)._prev
+    main_left.set()
+    t.join(5)
+    assert seen == [False, True]
+
+
+def test_set_grad_enabled_is_per_thread(Value):
+    a = Value(2.0)
+    recorded = []
+    t = threading.Thread(target=lambda: (fastgrad.set_grad_enabled(False),
+                                         recorded.append(a in (a * 3.0)._prev)))
+    t.start()
+    t.join(5)
+    assert recorded == [False]
+    assert fastgrad.is_grad_enabled() and a in (a * 3.0)._prev
+
+
 def test_demo_reaches_micrographs_accuracy():
     from fastgrad import demo
     model, curve = demo.train(steps=100)

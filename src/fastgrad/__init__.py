@@ -13,10 +13,12 @@ if TYPE_CHECKING:               # type checkers see the compiled API (fastgrad/_
 else:
     from fastgrad._engine import ENGINE, Value
 
-from fastgrad.grad_mode import is_grad_enabled, no_grad  # noqa: E402
+from fastgrad.grad_mode import (  # noqa: E402
+    enable_grad, is_grad_enabled, no_grad, set_grad_enabled)
 from fastgrad.checks import GradcheckError, gradcheck  # noqa: E402
 
-__all__ = ["Value", "ENGINE", "no_grad", "is_grad_enabled", "gradcheck", "GradcheckError"]
+__all__ = ["Value", "ENGINE", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled",
+           "gradcheck", "GradcheckError"]
 
 
 def __getattr__(name: str) -> str:

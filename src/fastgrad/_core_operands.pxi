@@ -2,37 +2,30 @@
 
 cdef tuple _SYMBOL = tuple(_SYMBOL_BY_OP[op] for op in range(COUNT))   # `_op` by code
 
-# no_grad: while the calling thread is inside a no_grad block (fastgrad.no_grad), ops make
-# leaves holding their values, with no children. The depth of nesting is per thread, in
-# thread-specific storage; _no_grad_threads counts the threads inside a block, so that an
-# op looks the depth up only while some thread is.
-cdef Py_tss_t _no_grad_depth
+# no_grad: while the calling thread's grad mode is off (fastgrad.no_grad, set_grad_enabled),
+# ops make leaves holding their values, with no children. The mode is per thread, in
+# thread-specific storage (NULL: on, the default); _no_grad_threads counts the threads
+# whose mode is off, so that an op looks it up only while some thread's is. (A thread
+# that ends with its mode off stays counted: ops then just keep looking the flag up.)
+cdef Py_tss_t _grad_off
 cdef Py_ssize_t _no_grad_threads = 0
-if PyThread_tss_create(&_no_grad_depth) != 0:
+if PyThread_tss_create(&_grad_off) != 0:
     raise MemoryError("fastgrad: cannot create thread-specific storage")
 
 
 cdef inline bint recording() noexcept:
-    return _no_grad_threads == 0 or PyThread_tss_get(&_no_grad_depth) == NULL
+    return _no_grad_threads == 0 or PyThread_tss_get(&_grad_off) == NULL
 
 
-def _enter_no_grad():
+def _set_grad_enabled(bint mode):
+    """Turns the calling thread's grad mode on or off; returns what it was."""
     global _no_grad_threads
-    cdef Py_ssize_t depth = <Py_ssize_t>PyThread_tss_get(&_no_grad_depth)
-    if PyThread_tss_set(&_no_grad_depth, <void*>(depth + 1)) != 0:
-        raise MemoryError("fastgrad: cannot set thread-specific storage")
-    if depth == 0:
-        _no_grad_threads += 1
-
-
-def _exit_no_grad():
-    global _no_grad_threads
-    cdef Py_ssize_t depth = <Py_ssize_t>PyThread_tss_get(&_no_grad_depth)
-    if depth == 0:
-        raise RuntimeError("no_grad exited more often than entered")
-    PyThread_tss_set(&_no_grad_depth, <void*>(depth - 1))   # (lowering never allocates)
-    if depth == 1:
-        _no_grad_threads -= 1
+    cdef bint was = PyThread_tss_get(&_grad_off) == NULL
+    if mode != was:
+        if PyThread_tss_set(&_grad_off, NULL if mode else <void*>1) != 0:
+            raise MemoryError("fastgrad: cannot set thread-specific storage")
+        _no_grad_threads += -1 if mode else 1
+    return was
 
 
 def _is_grad_enabled():

@@ -8,7 +8,7 @@ case. Each engine module provides the same names: `Value` (micrograd's API), `Gp
 (microgpt's: fastgrad.microgpt.Value), `_Params` (the optimizers' kernel over a list of
 parameters), the fused helpers of
 fastgrad.functional (`_linear`, `_rmsnorm`, `_softmax`, `_cross_entropy`, and `Matrix`,
-weights packed for `_linear`), and the no_grad hooks `_enter_no_grad`, `_exit_no_grad`,
+weights packed for `_linear`), and the grad-mode hooks `_set_grad_enabled` and
 `_is_grad_enabled`. Everything else in fastgrad (nn, optim, grad_mode, functional,
 checks) binds to the engine through this module.
 """
@@ -54,8 +54,8 @@ Value = engine.Value
 GptValue = engine.GptValue
 
 # Every engine whose Values this process can make: the chosen one, and the reference,
-# which is always importable (tests and benchmarks use both side by side). no_grad
-# reaches all of them.
+# which is always importable (tests and benchmarks use both side by side). The grad
+# mode reaches all of them.
 try:
     from fastgrad import _core as _compiled
     ENGINES: tuple[ModuleType, ...] = (_compiled, reference)

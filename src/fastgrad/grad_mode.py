@@ -1,73 +1,139 @@
-"""`no_grad`: ops compute values without recording nodes, as torch.no_grad does.
+"""Grad mode, as torch has it: `no_grad`, `enable_grad`, `set_grad_enabled`.
 
     with fastgrad.no_grad():
         accuracy = sum((model(x).data > 0) == (y > 0) for x, y in data) / len(data)
 
-Inside the block, an operator or method of a Value (`+ * ** relu tanh exp log ...`, a
-Neuron's sum of products) returns a leaf holding the value: no children, nothing for
-backward to follow, and no node kept alive for it. A node made explicitly with
-`Value(data, children, op)` is kept as written. The mode is per thread and nests; it
-also works as a decorator, of a generator function too: as with torch.no_grad, each step
-of the generator runs inside the block and the caller's code between its items does
-not. Both engines follow it.
+While grad mode is off, an operator or method of a Value (`+ * ** relu tanh exp log
+...`, a Neuron's sum of products, a fused layer) returns a leaf holding the value: no
+children, nothing for backward to follow, and no node kept alive for it. A node made
+explicitly with `Value(data, children, op)` is kept as written. The mode is per thread;
+both engines follow it.
+
+Each of the three is a context manager that puts back, on leaving, the mode it found on
+entering, so they nest in any order (`enable_grad` inside `no_grad` records again).
+`no_grad` and `enable_grad` also work as decorators, of a generator function too: as
+with torch, each step of the generator runs inside the block and the caller's code
+between its items does not. `set_grad_enabled(mode)` sets the mode when it is called,
+so it also works as a plain call (`fastgrad.set_grad_enabled(False)` turns recording off
+until it is turned on again), and as a context manager it restores the earlier mode on
+leaving.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Callable, Generator
+import threading
+from typing import Any, Callable, Generator, TypeVar, cast
 
 from fastgrad._engine import ENGINES, engine
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-class no_grad(contextlib.ContextDecorator):
-    """Context manager (or decorator) in which ops record no graph."""
 
-    def __enter__(self) -> no_grad:
-        for module in ENGINES:
-            module._enter_no_grad()
+def is_grad_enabled() -> bool:
+    """False while the calling thread's grad mode is off (inside a no_grad block)."""
+    return bool(engine._is_grad_enabled())
+
+
+def _set_mode(mode: bool) -> bool:
+    # every engine whose Values this process can make follows the one mode
+    was = is_grad_enabled()
+    for module in ENGINES:
+        module._set_grad_enabled(mode)
+    return was
+
+
+class _Block:
+    """A block run in grad mode `_MODE`; the mode found on entering is put back on leaving.
+    (Each thread keeps its own stack of those, so one instance may be entered again,
+    nested or from several threads: a decorator's is, at every call.)"""
+    _MODE: bool
+
+    def __init__(self) -> None:
+        self._outer = threading.local()
+
+    def __enter__(self) -> _Block:
+        stack = self._outer.__dict__.setdefault("modes", [])
+        stack.append(_set_mode(self._MODE))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for module in ENGINES:
-            module._exit_no_grad()
+        _set_mode(self._outer.modes.pop())
 
-    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        # (a generator function's call only makes the generator: its body runs later, a
-        # step at a time, so each step is wrapped rather than the call)
-        import inspect                  # (here: it is a tenth of fastgrad's import time)
-        if not inspect.isgeneratorfunction(func):
-            return super().__call__(func)
+    def __call__(self, func: _F) -> _F:
+        return cast(_F, _decorate(func, lambda: self))
 
+
+class no_grad(_Block):
+    """Context manager (or decorator) in which ops record no graph."""
+    _MODE = False
+
+
+class enable_grad(_Block):
+    """Context manager (or decorator) in which ops record graphs, inside no_grad too."""
+    _MODE = True
+
+
+class set_grad_enabled:
+    """Turns grad mode on (True) or off (False) for the calling thread, at once. As a
+    context manager, the mode from before the call is put back on leaving; as a
+    decorator, the mode is set for each call only."""
+
+    def __init__(self, mode: bool) -> None:
+        if not isinstance(mode, bool):
+            raise TypeError(f"set_grad_enabled takes True or False, not {type(mode).__name__!r}")
+        self._mode = mode
+        self._before = _set_mode(mode)
+
+    def __enter__(self) -> set_grad_enabled:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _set_mode(self._before)
+
+    def __call__(self, func: _F) -> _F:
+        _set_mode(self._before)         # (decorating sets no mode: each call does)
+        return cast(_F, _decorate(func, lambda: set_grad_enabled(self._mode)))
+
+
+def _decorate(func: Callable[..., Any],
+              block: Callable[[], contextlib.AbstractContextManager[Any]]) -> Callable[..., Any]:
+    """func, each call of it run inside a fresh `with block():`. A generator function's
+    call only makes the generator (its body runs later, a step at a time), so there each
+    step is wrapped rather than the call."""
+    import inspect                      # (here: it is a tenth of fastgrad's import time)
+    if inspect.isgeneratorfunction(func):
         @functools.wraps(func)
-        def steps_without_grad(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-            return (yield from _each_step_in_block(func(*args, **kwargs)))
-        return steps_without_grad
+        def steps_in_block(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            return (yield from _each_step_in(block, func(*args, **kwargs)))
+        return steps_in_block
+
+    @functools.wraps(func)
+    def in_block(*args: Any, **kwargs: Any) -> Any:
+        with block():
+            return func(*args, **kwargs)
+    return in_block
 
 
-def _each_step_in_block(gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+def _each_step_in(block: Callable[[], contextlib.AbstractContextManager[Any]],
+                  gen: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
     """gen's items, with each of its steps (the first, every send, throw and the close)
-    run inside a no_grad block, and the consumer's code between them outside it."""
+    run inside a `with block():`, and the consumer's code between them outside it."""
     try:
-        with no_grad():
+        with block():
             item = next(gen)
         while True:
             try:
                 sent = yield item
             except GeneratorExit:
-                with no_grad():
+                with block():
                     gen.close()
                 raise
             except BaseException as error:
-                with no_grad():
+                with block():
                     item = gen.throw(error)
             else:
-                with no_grad():
+                with block():
                     item = gen.send(sent)
     except StopIteration as end:
         return end.value
-
-
-def is_grad_enabled() -> bool:
-    """False inside a no_grad block (of the calling thread)."""
-    return bool(engine._is_grad_enabled())

@@ -347,24 +347,20 @@ def _rule(code):
 
 
 class _GradMode(threading.local):
-    no_grad_depth = 0       # per thread: how many no_grad blocks it is inside
+    enabled = True          # per thread: do ops record graphs (off under no_grad)
 
 
 _mode = _GradMode()
 
 
-def _enter_no_grad():
-    _mode.no_grad_depth += 1
-
-
-def _exit_no_grad():
-    if _mode.no_grad_depth == 0:
-        raise RuntimeError("no_grad exited more often than entered")
-    _mode.no_grad_depth -= 1
+def _set_grad_enabled(mode):
+    was = _mode.enabled
+    _mode.enabled = bool(mode)
+    return was
 
 
 def _is_grad_enabled():
-    return _mode.no_grad_depth == 0
+    return _mode.enabled
 
 
 def _mixed_kinds(a, b):
@@ -389,7 +385,7 @@ class _Handle:
     def _node(cls, code, data, children):
         # the ops' constructor: no argument checks, they were done by the operator; under
         # no_grad a leaf holding the value
-        if _mode.no_grad_depth:
+        if not _mode.enabled:
             code, children = Op.LEAF, ()
         out = cls.__new__(cls)
         out._data = data
@@ -864,7 +860,7 @@ def _rmsnorm(x, eps):
     inv_n = _pow_forward(-1.0, float(len(xs)))     # x / len(x) is x * len(x) ** -1
     u = total * inv_n + e
     scale = _pow_forward(-0.5, u)
-    if not _mode.no_grad_depth:
+    if _mode.enabled:
         c = (-0.5 * _pow_ieee(u, -1.5)) * inv_n
         scale_node = _local_node(kind, scale, xs, [2.0 * v._data * c for v in xs])
         return [kind._node(Op.MUL, v._data * scale, (v, scale_node)) for v in xs]
@@ -893,7 +889,7 @@ def _softmax(logits):
     kind = type(xs[0])
     m, exps, total = _shifted_exps(xs)
     r = _pow_forward(-1.0, total)         # e / total is e * total ** -1
-    if _mode.no_grad_depth:
+    if not _mode.enabled:
         return [kind._node(Op.LEAF, e * r, ()) for e in exps]
     t = _local_node(kind, total, xs, exps)
     dr = -1.0 * _pow_ieee(total, -2.0)

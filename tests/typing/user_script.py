@@ -44,7 +44,7 @@ engine: str = fastgrad.ENGINE
 print(f"{loss.data:.4f}", engine, grads, len(children), op)
 
 # beyond micrograd
-from fastgrad import gradcheck, no_grad
+from fastgrad import enable_grad, gradcheck, no_grad, set_grad_enabled
 from fastgrad.functional import cross_entropy, linear, matrix, softmax
 from fastgrad.viz import trace
 
@@ -55,6 +55,18 @@ W = matrix([[a, b], [b, z]])
 hidden: list[Value] = linear([a, 2.0], W)
 with no_grad():
     frozen: Value = a * b
+    with enable_grad():
+        recorded: Value = a * b
+with set_grad_enabled(False):
+    frozen = a * b
+
+
+@no_grad()
+def evaluate(x: Value) -> float:
+    return (x * 2.0).data
+
+
+assert evaluate(a) == 2 * a.data and len(recorded._prev) == 2
 ok: bool = gradcheck(lambda x, y: (x * y).tanh(), [0.3, 0.4])
 nodes, edges = trace(ce)
 print(len(probs), ce.data, frozen.data, ok, len(nodes), len(edges))
