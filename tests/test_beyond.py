@@ -293,7 +293,12 @@ def grad_mode_scenario(api, make):
     def not_recording():
         note()
 
+    @api.no_grad                            # (without parentheses, as torch allows)
+    def bare():
+        note()
+
     note()
+    bare()
     with api.no_grad():
         note()
         with api.enable_grad():
@@ -325,9 +330,9 @@ def grad_mode_scenario(api, make):
 def test_enable_grad_and_set_grad_enabled(Value):
     a = Value(2.0)
     seen = grad_mode_scenario(fastgrad, lambda: a in (a * 3.0)._prev)
-    assert [mode for mode, _ in seen] == [True, False, True, False, True, True, False, True,
-                                          False, True, True, False, True, False, True, True,
-                                          False, True]
+    assert [mode for mode, _ in seen] == [True, False, False, True, False, True, True, False,
+                                          True, False, True, True, False, True, False, True,
+                                          True, False, True]
     assert all(mode == records for mode, records in seen)   # ops follow the mode
     assert fastgrad.is_grad_enabled()
     b = a * 3.0

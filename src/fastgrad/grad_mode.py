@@ -11,23 +11,24 @@ both engines follow it.
 
 Each of the three is a context manager that puts back, on leaving, the mode it found on
 entering, so they nest in any order (`enable_grad` inside `no_grad` records again).
-`no_grad` and `enable_grad` also work as decorators, of a generator function too: as
-with torch, each step of the generator runs inside the block and the caller's code
-between its items does not. `set_grad_enabled(mode)` sets the mode when it is called,
-so it also works as a plain call (`fastgrad.set_grad_enabled(False)` turns recording off
-until it is turned on again), and as a context manager it restores the earlier mode on
-leaving.
+`no_grad` and `enable_grad` also work as decorators (`@no_grad()` or `@no_grad`), of a
+generator function too: as with torch, each step of the generator runs inside the block
+and the caller's code between its items does not. `set_grad_enabled(mode)` sets the
+mode when it is called, so it also works as a plain call
+(`fastgrad.set_grad_enabled(False)` turns recording off until it is turned on again),
+and as a context manager it restores the earlier mode on leaving.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import threading
-from typing import Any, Callable, Generator, TypeVar, cast
+from typing import Any, Callable, Generator, TypeVar, cast, overload
 
 from fastgrad._engine import ENGINES, engine
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_B = TypeVar("_B", bound="_Block")
 
 
 def is_grad_enabled() -> bool:
@@ -46,11 +47,22 @@ def _set_mode(mode: bool) -> bool:
 class _Block:
     """A block run in grad mode `_MODE`; the mode found on entering is put back on leaving.
     (Each thread keeps its own stack of those, so one instance may be entered again,
-    nested or from several threads: a decorator's is, at every call.)"""
+    nested or from several threads: a decorator's is, at every call.) As a decorator it
+    may also go without parentheses, `@no_grad`, as torch's may."""
     _MODE: bool
+    _outer: threading.local
 
-    def __init__(self) -> None:
-        self._outer = threading.local()
+    @overload
+    def __new__(cls: type[_B], func: None = None) -> _B: ...
+    @overload
+    def __new__(cls, func: _F) -> _F: ...  # type: ignore[misc]
+
+    def __new__(cls, func: Any = None) -> Any:
+        if func is not None:
+            return cls()(func)
+        block = super().__new__(cls)
+        block._outer = threading.local()
+        return block
 
     def __enter__(self) -> _Block:
         stack = self._outer.__dict__.setdefault("modes", [])

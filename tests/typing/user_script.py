@@ -66,7 +66,12 @@ def evaluate(x: Value) -> float:
     return (x * 2.0).data
 
 
-assert evaluate(a) == 2 * a.data and len(recorded._prev) == 2
+@no_grad
+def evaluate_too(x: Value) -> float:
+    return (x * 2.0).data
+
+
+assert evaluate(a) == evaluate_too(a) == 2 * a.data and len(recorded._prev) == 2
 ok: bool = gradcheck(lambda x, y: (x * y).tanh(), [0.3, 0.4])
 nodes, edges = trace(ce)
 print(len(probs), ce.data, frozen.data, ok, len(nodes), len(edges))
