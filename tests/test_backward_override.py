@@ -125,3 +125,22 @@ def test_the_override_count_goes_with_the_node():
     y.backward()
     assert (a.grad, b.grad) == (-3.0, 2.0)
     assert _core._test_scratch_clear()
+
+
+def test_a_rule_may_run_another_backward(engine):
+    # micrograd runs any Python in a rule: here a whole backward() of a second graph that
+    # shares a leaf, in the middle of the first one's sweep, on each of two backward()s
+    # (the arena growing under a sweep is test_tape's)
+    results = []
+    for V in (MG, engine.Value):
+        a, c = V(2.0), V(5.0)
+        b = a * 3
+        e = ((c * c + a) * 2).relu()
+        own = b._backward
+        b._backward = lambda: (e.backward(), own())
+        loss = sum(b * float(k) for k in range(20)) + (b + a) * b
+        loss.backward()
+        first = grads(a, b, c, e, loss)
+        loss.backward()
+        results.append((first, grads(a, b, c, e, loss)))
+    assert results[1] == results[0]
