@@ -400,13 +400,22 @@ def test_grad_mode_blocks_can_be_entered_again(Value):
 
 def test_set_grad_enabled_is_per_thread(Value):
     a = Value(2.0)
-    recorded = []
-    t = threading.Thread(target=lambda: (fastgrad.set_grad_enabled(False),
-                                         recorded.append(a in (a * 3.0)._prev)))
+    off, checked, recorded = threading.Event(), threading.Event(), []
+
+    def other():
+        fastgrad.set_grad_enabled(False)
+        recorded.append(a in (a * 3.0)._prev)
+        off.set()
+        checked.wait(5)
+        fastgrad.set_grad_enabled(True)     # (leaves the process as it found it)
+
+    t = threading.Thread(target=other)
     t.start()
+    off.wait(5)
+    assert fastgrad.is_grad_enabled() and a in (a * 3.0)._prev   # while the other's is off
+    checked.set()
     t.join(5)
     assert recorded == [False]
-    assert fastgrad.is_grad_enabled() and a in (a * 3.0)._prev
 
 
 def test_demo_reaches_micrographs_accuracy():
