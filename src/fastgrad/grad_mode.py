@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
+from threading import get_ident
 from typing import Any, Callable, Generator, TypeVar, cast, overload
 
 from fastgrad._engine import ENGINES, engine
@@ -37,20 +37,21 @@ def is_grad_enabled() -> bool:
 
 
 def _set_mode(mode: bool) -> bool:
-    # every engine whose Values this process can make follows the one mode
-    was = is_grad_enabled()
+    # every engine whose Values this process can make follows the one mode (so each gives
+    # back the same earlier one)
+    was = True
     for module in ENGINES:
-        module._set_grad_enabled(mode)
-    return was
+        was = module._set_grad_enabled(mode)
+    return bool(was)
 
 
 class _Block:
     """A block run in grad mode `_MODE`; the mode found on entering is put back on leaving.
-    (Each thread keeps its own stack of those, so one instance may be entered again,
-    nested or from several threads: a decorator's is, at every call.) As a decorator it
-    may also go without parentheses, `@no_grad`, as torch's may."""
+    (Each thread keeps its own stack of those, keyed by its ident, so one instance may be
+    entered again, nested or from several threads: a decorator's is, at every call.) As a
+    decorator it may also go without parentheses, `@no_grad`, as torch's may."""
     _MODE: bool
-    _outer: threading.local
+    _outer: dict[int, list[bool]]
 
     @overload
     def __new__(cls: type[_B], func: None = None) -> _B: ...
@@ -61,16 +62,20 @@ class _Block:
         if func is not None:
             return cls()(func)
         block = super().__new__(cls)
-        block._outer = threading.local()
+        block._outer = {}
         return block
 
     def __enter__(self) -> _Block:
-        stack = self._outer.__dict__.setdefault("modes", [])
-        stack.append(_set_mode(self._MODE))
+        self._outer.setdefault(get_ident(), []).append(_set_mode(self._MODE))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _set_mode(self._outer.modes.pop())
+        thread = get_ident()
+        stack = self._outer[thread]
+        mode = stack.pop()
+        if not stack:
+            del self._outer[thread]
+        _set_mode(mode)
 
     def __call__(self, func: _F) -> _F:
         return cast(_F, _decorate(func, lambda: self))
