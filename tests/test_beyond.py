@@ -365,11 +365,15 @@ def test_enable_grad_decorates_a_generator_function(Value):
     assert fastgrad.is_grad_enabled()
 
 
-def test_set_grad_enabled_refuses_what_is_not_a_bool(Value):
+def test_grad_mode_refuses_bad_arguments(Value):
     for mode in (0, 1, None, "False", 1.0):
         with pytest.raises(TypeError, match="set_grad_enabled takes True or False"):
             fastgrad.set_grad_enabled(mode)
         assert fastgrad.is_grad_enabled()
+    for block in (fastgrad.no_grad, fastgrad.enable_grad):
+        with pytest.raises(TypeError, match=r"takes a function to decorate or nothing, not 'bool'"):
+            block(False)
+    assert fastgrad.is_grad_enabled()
 
 
 def test_grad_mode_blocks_can_be_entered_again(Value):

@@ -60,6 +60,9 @@ class _Block:
 
     def __new__(cls, func: Any = None) -> Any:
         if func is not None:
+            if not callable(func):
+                raise TypeError(f"{cls.__name__}() takes a function to decorate or nothing, "
+                                f"not {type(func).__name__!r}")
             return cls()(func)
         block = super().__new__(cls)
         block._outer = {}
