@@ -279,7 +279,7 @@ def test_no_grad_is_per_thread(Value):
 
 def grad_mode_scenario(api, make):
     """Where the grad mode stands at each point of a script of nested blocks, bare calls
-    and decorators; api is fastgrad or torch, make(records) an op's result."""
+    and decorators, and whether an op records there (make()); api is fastgrad or torch."""
     seen = []
 
     def note():
@@ -359,7 +359,7 @@ def test_enable_grad_decorates_a_generator_function(Value):
 
     with fastgrad.no_grad():
         g = stream(2)
-        assert a in next(g)._prev            # the step records
+        assert a in next(g)._prev              # the step records
         assert (a * 2.0)._prev == set()        # the caller's block holds between items
         assert a in next(g)._prev
     assert fastgrad.is_grad_enabled()
