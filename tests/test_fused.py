@@ -6,6 +6,7 @@ import gc
 import math
 import random
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -884,10 +885,13 @@ def test_a_leaf_given_a_backward_after_a_backward_has_it_called(V):
                                    "rmsnorm", "softmax", "cross_entropy", "add", "mul", "relu",
                                    "attention"])
 def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(layer):
-    # a collection can run inside a helper (making its handles allocates), and a finalizer
-    # may then empty the lists it was given of their Values: the helper reads its own copy
-    # of x (linear: its weights after the handles are made), so whatever the collection
-    # does, the call gives a layer over live Values or an error, and no node is lost
+    # before CPython 3.12 a collection can run inside a helper (making its handles
+    # allocates), and a finalizer may then empty the lists it was given of their Values:
+    # the helper reads its own copy of x (linear: its weights after the handles are made),
+    # so whatever the collection does, the call gives a layer over live Values or an
+    # error, and no node is lost. From 3.12 a collection runs only between bytecodes,
+    # never inside a C call: here it comes before the call (which then finds the lists
+    # spoilt) or after it; Python code run inside a call is the next test's.
     from fastgrad import _core
     C = _core.Value
     make = {
@@ -946,7 +950,76 @@ def test_a_finalizer_that_changes_the_lists_mid_call_leaves_the_arena_sound(laye
             _core._test_free_slots()
     finally:
         gc.set_threshold(*thresholds)
-    assert any(spoilt)                        # (a collection did run inside a call)
+    if sys.version_info < (3, 12):
+        assert any(spoilt)                    # (a collection did run inside a call)
+
+
+@pytest.mark.parametrize("form", ["rows", "relu", "matrix", "bias"])
+def test_a_number_of_x_that_runs_code_mid_call_leaves_the_arena_sound(V, form):
+    # linear reads a number of x with its __float__: Python code run inside the call, on
+    # every CPython. This one spoils the caller's lists, collects, and builds and drops
+    # more nodes than the arena has room for, so that it grows (its arrays move). Both
+    # engines read x first, from their copy, and list rows afterwards from the caller's
+    # lists, which are then spoilt (a TypeError); a Matrix's rows, and rows given a bias
+    # (new lists), were copied before, and give the layer over the Values passed. No
+    # node of the call's is left behind either way.
+    from fastgrad import _core
+    arena = _core if V.__module__ == _core.__name__ else None
+
+    reads = []
+
+    class Meddler:
+        def __float__(self):
+            reads.append(self)
+            for lst in [x] + w:
+                lst[:] = ["spoilt"] * len(lst)
+            gc.collect()
+            stats = arena._tape_stats() if arena else {"capacity": 0, "live": 0}
+            room = stats["capacity"] - stats["live"]
+            grows = room < 1 << 20                # (an arena already that big is not grown)
+            chain = V(0.5)
+            for _ in range(room // 2 + 1 if grows else 1000):
+                chain = chain * 1.0               # (two nodes: the 1.0's leaf and the product)
+            if arena and grows:
+                assert arena._tape_stats()["capacity"] > stats["capacity"]
+            return 0.25
+
+    def expressions(x, w, bias):
+        # what the layer stands for, over fresh Values of the same data
+        rows = [sum(wi * xi for wi, xi in zip(row, x)) for row in w]
+        rows = rows if bias is None else [s + b for s, b in zip(rows, bias)]
+        return [s.relu() for s in rows] if form == "relu" else rows
+
+    gc.collect()
+    base = arena._tape_stats()["live"] if arena else 0
+    data = ([0.5, None, -1.5], [[0.25, -2.0, 1.5], [3.0, 0.75, -0.5]], [0.125, -4.0])
+    x = [V(d) if d is not None else Meddler() for d in data[0]]
+    w = [[V(d) for d in row] for row in data[1]]
+    bias = [V(d) for d in data[2]] if form == "bias" else None
+    given_x, given_w = list(x), [list(row) for row in w]
+    if form == "rows" or form == "relu":
+        with pytest.raises(TypeError, match="linear's weights must be Values, not 'str'"):
+            F.linear(x, w, relu=form == "relu")
+    else:
+        out = F.linear(x, F.matrix(w) if form == "matrix" else w, bias)
+        sum(out, V(0.0)).backward()
+        fresh_x = [V(d) if d is not None else 0.25 for d in data[0]]
+        fresh_w = [[V(d) for d in row] for row in data[1]]
+        fresh_b = [V(d) for d in data[2]] if bias else None
+        want = expressions(fresh_x, fresh_w, fresh_b)
+        sum(want, V(0.0)).backward()
+        assert [bits(v.data) for v in out] == [bits(v.data) for v in want]
+        given = [v for v in given_x if isinstance(v, V)] + sum(given_w, []) + (bias or [])
+        fresh = [v for v in fresh_x if isinstance(v, V)] + sum(fresh_w, []) + (fresh_b or [])
+        assert [v.grad for v in given] == pytest.approx([v.grad for v in fresh], rel=1e-12)
+        del given, fresh
+        del out, want, fresh_x, fresh_w, fresh_b
+    assert len(reads) == 1                      # (each number is read once, by both engines)
+    del x, w, bias, given_x, given_w, reads
+    gc.collect()
+    if arena:
+        assert arena._tape_stats()["live"] == base
+        arena._test_free_slots()
 
 
 @compiled

@@ -6,11 +6,13 @@
 # operation for operation (each block names its expression), so they agree to the bit.
 # Everything that can fail (argument checks, the ops' own errors, every allocation: the
 # derivative blocks, the handles, the tape's room) happens before the first node is
-# pushed, so a failed call leaves the arena as it was. Making the handles can run Python
-# code (a collection, and the finalizers it calls), which may change the caller's lists
-# and drop Values: so each helper reads its Values from its own copy of the list, which
-# holds them, and linear, which does not copy the rows, reads its weights after the
-# handles are made, and runs no Python code from there until its nodes are pushed.
+# pushed, so a failed call leaves the arena as it was. Python code can run inside a
+# helper: a number's __float__ (linear's x, rmsnorm's eps) and, before CPython 3.12, a
+# collection while the handles are made (from 3.12 the collector runs only between
+# bytecodes). It may change the caller's lists and drop Values: so each helper reads its
+# Values from its own copy of the list, which holds them, and linear, which does not copy
+# the rows, reads its weights after x's numbers and the handles, and runs no Python code
+# from there until its nodes are pushed. The reference reads in the same order.
 
 cdef struct Blocks:
     # the LOCAL blocks a helper allocated and has not yet given to nodes

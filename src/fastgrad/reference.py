@@ -800,9 +800,13 @@ class Matrix:
 def _linear(x, w, bias=None, relu=False):
     if type(relu) is not bool:
         raise TypeError(f"linear's relu must be True or False, not {type(relu).__name__!r}")
+    # Read in the compiled engine's order, which matters where a number of x runs code
+    # (its __float__) that changes the caller's lists: x is a copy, read first, each
+    # number once; list rows are the caller's own lists, read after x (other rows, and
+    # every row given a bias, are copies made before).
     xs = list(x)
-    rows = [list(r) for r in w]
     bs = None if bias is None else list(bias)
+    rows = [r if type(r) is list else list(r) for r in w]
     n = len(xs)
     for r, row in enumerate(rows):
         if len(row) != n:
@@ -820,22 +824,28 @@ def _linear(x, w, bias=None, relu=False):
         _check_handles(bs, kind, "linear's bias")
         xs.append(1.0)
         rows = [row + [b] for row, b in zip(rows, bs)]
-    for row in rows:
-        _check_handles(row, kind, "linear's weights")
+    xval = []
     for v in xs:
-        if type(v) is not kind and _as_real(v) is None:
+        real = v._data if type(v) is kind else _as_real(v)
+        if real is None:
             if isinstance(v, _Handle):
                 raise _mixed_kinds(first, v)
             raise TypeError(f"linear's x must be Values or numbers, not {type(v).__name__!r}")
-    xs = [v if type(v) is kind else kind._node(Op.LEAF, _as_real(v), ()) for v in xs]
+        xval.append(real)
+    for r, row in enumerate(rows):
+        if len(row) != len(xs):             # (again: x's numbers may have changed it)
+            raise ValueError(f"linear: row {r} of w has {len(row)} weights, "
+                             f"but x has {len(xs)} values")
+        _check_handles(row, kind, "linear's weights")
+    xs = [v if type(v) is kind else kind._node(Op.LEAF, xv, ()) for v, xv in zip(xs, xval)]
     out = []
     for row in rows:
         acc = 0.0                   # sum() starts at 0: 0 + w0*x0 is w0*x0 + 0.0
         children, grads = [], []
-        for wi, xi in zip(row, xs):
-            acc = acc + wi._data * xi._data
+        for wi, xi, xv in zip(row, xs, xval):
+            acc = acc + wi._data * xv
             children += [wi, xi]
-            grads += [xi._data, wi._data]
+            grads += [xv, wi._data]
         if relu:
             # relu(sum) in the row's node: the ReLU's value, and the sum's derivatives,
             # which the rule multiplies by the ReLU's at the node's value (_ReluRow)
