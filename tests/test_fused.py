@@ -986,7 +986,7 @@ def test_a_number_of_x_that_runs_code_mid_call_leaves_the_arena_sound(V, form):
 
     def expressions(x, w, bias):
         # what the layer stands for, over fresh Values of the same data
-        rows = [sum(wi * xi for wi, xi in zip(row, x)) for row in w]
+        rows = linear(x, w)
         rows = rows if bias is None else [s + b for s, b in zip(rows, bias)]
         return [s.relu() for s in rows] if form == "relu" else rows
 
@@ -1020,6 +1020,31 @@ def test_a_number_of_x_that_runs_code_mid_call_leaves_the_arena_sound(V, form):
     if arena:
         assert arena._tape_stats()["live"] == base
         arena._test_free_slots()
+
+
+def test_an_eps_that_runs_code_mid_call_gives_the_layer_over_the_values_given(V):
+    # rmsnorm reads eps with its __float__ after it has copied x: an eps that spoils x,
+    # collects and builds a graph gets the layer over the Values passed, on both engines
+    class Eps:
+        def __float__(self):
+            x[:] = ["spoilt"] * len(x)
+            gc.collect()
+            chain = V(0.5)
+            for _ in range(1000):
+                chain = chain * 1.0
+            return 1e-5
+
+    data = [0.5, -1.25, 2.0]
+    x = [V(d) for d in data]
+    given = list(x)
+    out = F.rmsnorm(x, Eps())
+    sum(out, V(0.0)).backward()
+    fresh = [V(d) for d in data]
+    want = rmsnorm(fresh)
+    sum(want, V(0.0)).backward()
+    assert x == ["spoilt"] * 3
+    assert [bits(v.data) for v in out] == [bits(v.data) for v in want]
+    assert [v.grad for v in given] == pytest.approx([v.grad for v in fresh], rel=1e-12)
 
 
 @compiled
