@@ -1012,8 +1012,7 @@ def test_a_number_of_x_that_runs_code_mid_call_leaves_the_arena_sound(V, form):
         given = [v for v in given_x if isinstance(v, V)] + sum(given_w, []) + (bias or [])
         fresh = [v for v in fresh_x if isinstance(v, V)] + sum(fresh_w, []) + (fresh_b or [])
         assert [v.grad for v in given] == pytest.approx([v.grad for v in fresh], rel=1e-12)
-        del given, fresh
-        del out, want, fresh_x, fresh_w, fresh_b
+        del out, want, given, fresh, fresh_x, fresh_w, fresh_b
     assert len(reads) == 1                      # (each number is read once, by both engines)
     del x, w, bias, given_x, given_w, reads
     gc.collect()
