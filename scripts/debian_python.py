@@ -49,7 +49,9 @@ def fetch(packages, root):
     root."""
     apt("apt-get", "download", *packages)
     for name in packages:
-        deb = max((WORK / "debs").glob(f"{name}_*.deb"))
+        # (the one just downloaded: debs/ keeps the builds of earlier runs, whose version
+        # strings do not sort as text)
+        deb = max((WORK / "debs").glob(f"{name}_*.deb"), key=lambda d: d.stat().st_mtime)
         run("dpkg-deb", "-x", deb, root)
 
 
