@@ -963,8 +963,9 @@ def test_a_number_of_x_that_runs_code_mid_call_leaves_the_arena_sound(V, form):
     # lists, which are then spoilt (a TypeError); a Matrix's rows, and rows given a bias
     # (new lists), were copied before, and give the layer over the Values passed. No
     # node of the call's is left behind either way.
-    from fastgrad import _core
-    arena = _core if V.__module__ == _core.__name__ else None
+    arena = None                                  # (the reference's Values have none)
+    if V.__module__ == "fastgrad._core":
+        from fastgrad import _core as arena
 
     reads = []
 

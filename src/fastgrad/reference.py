@@ -797,6 +797,10 @@ class Matrix:
         return (Matrix, (self._rows,))
 
 
+def _ragged_row(r, weights, n):
+    return ValueError(f"linear: row {r} of w has {weights} weights, but x has {n} values")
+
+
 def _linear(x, w, bias=None, relu=False):
     if type(relu) is not bool:
         raise TypeError(f"linear's relu must be True or False, not {type(relu).__name__!r}")
@@ -810,7 +814,7 @@ def _linear(x, w, bias=None, relu=False):
     n = len(xs)
     for r, row in enumerate(rows):
         if len(row) != n:
-            raise ValueError(f"linear: row {r} of w has {len(row)} weights, but x has {n} values")
+            raise _ragged_row(r, len(row), n)
     if bs is not None and len(bs) != len(rows):
         raise ValueError(f"linear: bias has {len(bs)} values, but w has {len(rows)} rows")
     if not rows:
@@ -834,8 +838,7 @@ def _linear(x, w, bias=None, relu=False):
         xval.append(real)
     for r, row in enumerate(rows):
         if len(row) != len(xs):             # (again: x's numbers may have changed it)
-            raise ValueError(f"linear: row {r} of w has {len(row)} weights, "
-                             f"but x has {len(xs)} values")
+            raise _ragged_row(r, len(row), len(xs))
         _check_handles(row, kind, "linear's weights")
     xs = [v if type(v) is kind else kind._node(Op.LEAF, xv, ()) for v, xv in zip(xs, xval)]
     out = []
